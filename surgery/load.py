@@ -1,0 +1,95 @@
+"""Load a model from a file or by `keras.applications` name, with clear errors."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import keras
+
+from graft.errors import ModelLoadError
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def application_names() -> dict[str, str]:
+    """`keras.applications` constructors by lower-case name (`resnet50` -> `ResNet50`)."""
+    return {
+        attr.lower(): attr
+        for attr in dir(keras.applications)
+        if attr[:1].isupper() and callable(getattr(keras.applications, attr))
+    }
+
+
+def _application(name: str):
+    names = application_names()
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in names:
+        return None, difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
+    return getattr(keras.applications, names[key]), []
+
+
+def load_model(source: str | os.PathLike, weights: str | None = "imagenet",
+               input_shape: tuple[int, int, int] | None = None, safe_mode: bool = True) -> keras.Model:
+    """Load a model from a `.keras`/`.h5` file or build a `keras.applications` model by name.
+
+    Args:
+        source: a model file path, or a `keras.applications` name (`resnet50`, `MobileNetV2`, ...).
+        weights: for a named model: `imagenet` (downloads unless cached), `none` / None (random),
+            or a path to a weights file. Ignored for model files.
+        input_shape: for a named model: `(height, width, channels)`; default the model's own.
+        safe_mode: passed to `keras.models.load_model`; keep True unless you trust the file (it
+            refuses to deserialize arbitrary code such as Lambda layers).
+
+    Returns:
+        A `keras.Model`.
+
+    Raises:
+        ModelLoadError: a missing or unreadable file, an unknown name, weights that cannot be had.
+    """
+    text = os.fspath(source)
+    path = Path(text)
+    if path.suffix.lower() in MODEL_SUFFIXES or path.exists():
+        if not path.exists():
+            raise ModelLoadError(f"Model file {text} does not exist. Check the path, or pass a keras.applications name such as resnet50.")
+        if path.is_dir():
+            raise ModelLoadError(f"{text} is a folder, not a model file; pass a .keras or .h5 file.")
+        try:
+            return keras.models.load_model(path, safe_mode=safe_mode, compile=False)
+        except Exception as exc:  # noqa: BLE001 - any failure to load becomes one clear message
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = " It uses code that safe mode refuses to run; pass --unsafe only if you trust the file." if "safe_mode" in str(exc) else ""
+            raise ModelLoadError(f"Cannot load model file {text}: {reason[:300]}.{hint}") from None
+    fn, close = _application(text)
+    if fn is None:
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(
+            f"{text!r} is neither a model file (.keras, .h5) nor a keras.applications name.{hint}"
+        )
+    kwargs = {}
+    if input_shape is not None:
+        kwargs["input_shape"] = tuple(input_shape)
+    w = None if weights in (None, "none", "None", "") else weights
+    weights_file = None
+    if w not in (None, "imagenet"):
+        weights_file = Path(w)
+        if not weights_file.exists():
+            raise ModelLoadError(f"Weights file {w} does not exist; pass --weights none, imagenet or a weights file path.")
+        w = None
+    try:
+        model = fn(weights=w, **kwargs)
+    except ValueError as exc:
+        raise ModelLoadError(f"Cannot build {fn.__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a failed download surfaces as many exception types
+        raise ModelLoadError(
+            f"Cannot get ImageNet weights for {fn.__name__} ({type(exc).__name__}: {str(exc)[:120]}); "
+            "this machine may be offline. Pass --weights PATH to a weights file you have, "
+            "a .keras model file instead of the name, or --weights none for random weights."
+        ) from None
+    if weights_file is not None:
+        try:
+            model.load_weights(weights_file)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"Cannot load weights {weights_file} into {fn.__name__}: {str(exc)[:300]}") from None
+    return model
