@@ -150,7 +150,7 @@ def replace_head(model: keras.Model | LayerGraph, classes: int, pooling: str = "
     else:
         features = require_cut_point(graph, locate(graph, at))
     key = graph.calls[features.name].outputs[0]
-    taken = {c.name for c in graph.calls.values()}
+    taken = {graph.calls[cid].name for cid in graph.ancestors([features.name])}
 
     def attach(outputs):
         out, created = build_head(outputs[0], spec, taken)

@@ -44,7 +44,7 @@ def nested_backbone() -> keras.Model:
     h = layers.Rescaling(1 / 255.0, name="scale")(outer_in)
     h = backbone(h, training=False)
     h = layers.GlobalAveragePooling2D(name="gap")(h)
-    h = layers.Dropout(0.2, name="head_dropout")(h)
+    h = layers.Dropout(0.2, name="top_dropout")(h)
     out = layers.Dense(5, activation="softmax", name="predictions")(h)
     return keras.Model(outer_in, out, name="nested")
 
