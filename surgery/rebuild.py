@@ -8,6 +8,7 @@ shared layers stay shared in the copy. Nested models come out inlined (flat).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,12 +155,24 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
         name=edits.name or graph.model.name,
     )
     fresh_ops = {id(graph.calls[cid].op) for cid in edits.reinit}
+    reshaped = []
     for op_id, clone in clones.items():
         if op_id in fresh_ops or not isinstance(clone, keras.layers.Layer):
             continue
         source = originals[op_id]
-        if source.weights:
-            clone.set_weights(source.get_weights())
+        if not source.weights:
+            continue
+        if [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in clone.weights]:
+            reshaped.append(clone.name)  # its input shape changed: the old weights cannot fit
+            continue
+        clone.set_weights(source.get_weights())
+    if reshaped:
+        warnings.warn(
+            f"{len(reshaped)} layer(s) were reinitialized because the edit changed their input "
+            f"shape: {', '.join(reshaped)}.",
+            UserWarning,
+            stacklevel=3,
+        )
     if edits.configure is not None:
         configured = set()
         for cid in needed:

@@ -250,12 +250,14 @@ def test_insert_replace_delete(tmp_path):
     assert max_abs_diff(outputs_of(reference(inserted, "pool2"), x), ref_pool2) == 0.0
     assert_roundtrip(inserted, tmp_path, x)
 
-    replaced = replace_layer(model, "fc1", keras.layers.Dense(64, activation="relu", name="fc_small"))
+    with pytest.warns(UserWarning, match="reinitialized because the edit changed their input shape: predictions"):
+        replaced = replace_layer(model, "fc1", keras.layers.Dense(64, activation="relu", name="fc_small"))
     assert replaced.get_layer("fc_small").units == 64
     assert max_abs_diff(outputs_of(reference(replaced, "flatten"), x), outputs_of(reference(model, "flatten"), x)) == 0.0
     assert_weights_equal(replaced, model, only=["conv1", "conv2", "conv3"])
 
-    deleted = delete_layer(model, "pool3")
+    with pytest.warns(UserWarning, match="fc1"):
+        deleted = delete_layer(model, "pool3")
     assert "pool3" not in [layer.name for layer in deleted.layers]
     assert deleted.get_layer("fc1").get_weights()[0].shape == (8 * 8 * 64, 500)  # Dense rebuilt on the new shape
     with pytest.raises(SurgeryError):
