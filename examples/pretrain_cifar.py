@@ -6,8 +6,8 @@ target and digits or textures are *different* ones. The model takes raw 0..255 p
 layer inside), has BatchNormalization after every convolution, and names its blocks so that the
 block ends are clean cut points (`block1_pool`, `block2_pool`, `block3_relu2`).
 
-    .venv/bin/python examples/pretrain_cifar.py                # ~5 minutes on 2 CPU cores
-    .venv/bin/python examples/pretrain_cifar.py --data /tmp/cifar10 --epochs 8
+    .venv/bin/python examples/pretrain_cifar.py                # ~7 minutes on 2 CPU cores
+    .venv/bin/python examples/pretrain_cifar.py --data /tmp/cifar10 --epochs 6
 
 Writes `examples/models/cifar_a_cnn.keras` and `examples/models/cifar_a_cnn.json` (provenance and
 held-out accuracy).
@@ -96,8 +96,8 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="extracted CIFAR-10 folder (train/, test/); default: extract the shared archive")
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--minutes", type=float, default=6.0, help="stop after the epoch that passes this budget")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--minutes", type=float, default=10.0, help="stop after the epoch that passes this budget")
     ap.add_argument("--per-class", type=int, default=5000, help="training images per class (max 5000)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--seed", type=int, default=0)

@@ -118,6 +118,7 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
         dict.__setitem__(tensors, key, x)
 
     names = _layer_names(graph, needed)
+    fresh_ops = {id(graph.calls[cid].op) for cid in edits.reinit}
     clones: dict[int, Any] = {}
     originals: dict[int, Any] = {}
     fresh: list[keras.layers.Layer] = []
@@ -133,7 +134,7 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
             else:
                 layer = clones.get(id(call.op))
                 if layer is None:
-                    layer = _clone_named(call.op, names[id(call.op)])
+                    layer = _clone_named(call.op, names[id(call.op)], id(call.op) in fresh_ops)
                     clones[id(call.op)] = layer
                     originals[id(call.op)] = call.op
             kwargs = _with_inherited(layer, call, kwargs)
@@ -154,7 +155,6 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
         outputs=new_outputs if len(new_outputs) > 1 else new_outputs[0],
         name=edits.name or graph.model.name,
     )
-    fresh_ops = {id(graph.calls[cid].op) for cid in edits.reinit}
     reshaped = []
     for op_id, clone in clones.items():
         if op_id in fresh_ops or not isinstance(clone, keras.layers.Layer):
@@ -164,8 +164,10 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
             continue
         if [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in clone.weights]:
             reshaped.append(clone.name)  # its input shape changed: the old weights cannot fit
+            _initialize_like(source, clone)
             continue
-        clone.set_weights(source.get_weights())
+        for target, value in zip(clone.weights, source.weights):
+            target.assign(value)
     if reshaped:
         warnings.warn(
             f"{len(reshaped)} layer(s) were reinitialized because the edit changed their input "
@@ -187,12 +189,30 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
     return model
 
 
-def _clone_named(op, name: str):
+def _clone_named(op, name: str, keep_initializers: bool):
     if not isinstance(op, keras.layers.Layer):
         return clone_operation(op)
     config = op.get_config()
     config["name"] = name
-    return op.__class__.from_config(config)
+    if not keep_initializers:
+        # The weights are overwritten right after the build: skip drawing random numbers for them.
+        for key, value in config.items():
+            if key.endswith("_initializer") and value is not None:
+                config[key] = "zeros"
+    try:
+        return op.__class__.from_config(config)
+    except (TypeError, ValueError):
+        config = op.get_config()
+        config["name"] = name
+        return op.__class__.from_config(config)
+
+
+def _initialize_like(source, clone) -> None:
+    """Give `clone` weights drawn by `source`'s own initializers, at the clone's shapes."""
+    fresh = source.__class__.from_config(source.get_config())
+    fresh.build_from_config(clone.get_build_config())
+    for target, value in zip(clone.weights, fresh.weights):
+        target.assign(value)
 
 
 def _with_inherited(layer, call: CallNode, kwargs: dict) -> dict:

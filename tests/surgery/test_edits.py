@@ -259,7 +259,9 @@ def test_insert_replace_delete(tmp_path):
     with pytest.warns(UserWarning, match="fc1"):
         deleted = delete_layer(model, "pool3")
     assert "pool3" not in [layer.name for layer in deleted.layers]
-    assert deleted.get_layer("fc1").get_weights()[0].shape == (8 * 8 * 64, 500)  # Dense rebuilt on the new shape
+    kernel = deleted.get_layer("fc1").get_weights()[0]
+    assert kernel.shape == (8 * 8 * 64, 500)  # Dense rebuilt on the new shape, by its own initializer
+    assert 0.01 < kernel.std() < 0.1 and abs(kernel.mean()) < 0.01
     with pytest.raises(SurgeryError):
         insert_layer(model, after="pool2", layer=model.get_layer("fc1"))
 
