@@ -98,7 +98,7 @@ def sample_dataset(root: str | Path, per_class: int = DEFAULT_PER_CLASS, cap: in
     quota = min(per_class, max(2, cap // max(1, len(classes))))
     rng = random.Random(seed)
     paths, labels = [], []
-    for k, (name, files) in enumerate(classes.items()):
+    for k, files in enumerate(classes.values()):
         chosen = sorted(rng.sample(files, min(quota, len(files))))
         paths.extend(chosen)
         labels.extend([k] * len(chosen))

@@ -83,26 +83,39 @@ def standardize(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / np.where(sd > 1e-8 * max(1.0, float(sd.max(initial=0.0))), sd, np.inf)
 
 
-def ridge_loo_correct(x: np.ndarray, y: np.ndarray, classes: int) -> np.ndarray:
-    """Per-sample correctness (bool) of the leave-one-out ridge probe on standardized features."""
-    x = standardize(x)
+def ridge_loo_predictions(x: np.ndarray, onehot: np.ndarray, alphas) -> list[np.ndarray]:
+    """Exact leave-one-out predictions of ridge regressions (with intercept) for each alpha.
+
+    `x` is used as given (standardize it first); one SVD serves every alpha.
+    """
     n = x.shape[0]
-    onehot = np.eye(classes)[y]
+    xc = x - x.mean(axis=0)
     yc = onehot - onehot.mean(axis=0)
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
     keep = s > 1e-10 * max(1.0, float(s.max(initial=0.0)))
     u, s2 = u[:, keep], s[keep] ** 2
     uty = u.T @ yc
-    best = None
-    for alpha in _ALPHAS * (s2.mean() if len(s2) else 1.0):
+    out = []
+    for alpha in alphas:
         shrink = s2 / (s2 + alpha)
         fitted = u @ (shrink[:, None] * uty) + onehot.mean(axis=0)
         h = 1.0 / n + (u**2) @ shrink
-        loo = (fitted - h[:, None] * onehot) / (1.0 - h)[:, None]
-        mse = float(((loo - onehot) ** 2).sum())
-        if best is None or mse < best[0]:
-            best = (mse, loo)
-    return best[1].argmax(axis=1) == y
+        out.append((fitted - h[:, None] * onehot) / (1.0 - h)[:, None])
+    return out
+
+
+def ridge_loo_correct(x: np.ndarray, y: np.ndarray, classes: int) -> np.ndarray:
+    """Per-sample correctness (bool) of the leave-one-out ridge probe on standardized features.
+
+    The ridge strength is the one of a grid (relative to the features' mean squared singular value)
+    with the smallest leave-one-out squared error.
+    """
+    x = standardize(x)
+    onehot = np.eye(classes)[y]
+    scale = float((x**2).sum() / max(1, min(x.shape)))
+    loo = ridge_loo_predictions(x, onehot, _ALPHAS * max(scale, 1e-12))
+    best = min(loo, key=lambda p: float(((p - onehot) ** 2).sum()))
+    return best.argmax(axis=1) == y
 
 
 def knn_loo_correct(x: np.ndarray, y: np.ndarray, classes: int, k: int = 5) -> np.ndarray:

@@ -5,7 +5,8 @@
 
 For each model (weights=None, 224x224 input) it times: building the layer graph, finding the cut
 points, and the edits truncate (at the middle cut point), freeze (everything up to it) and
-replace_head (5 classes), each on a fresh graph (the graph build is timed separately). Memory is the
+replace_head (5 classes), each on a fresh graph (the graph build is timed separately), and, for
+reference, `keras.models.clone_model` of the same model. Memory is the
 peak resident-set growth during the operation, sampled every 2 ms. Prints a Markdown table.
 """
 
@@ -80,6 +81,8 @@ def bench(name: str, repeat: int) -> list[dict]:
     best("truncate", lambda: truncate(graph, mid))
     best("freeze up to", lambda: freeze(graph, up_to=mid))
     best("replace head", lambda: replace_head(graph, classes=5))
+    # Reference: Keras' own copy of the same model (every copying edit pays about this much).
+    best("keras.models.clone_model (reference)", lambda: keras.models.clone_model(model))
     for r in rows:
         r["layers"] = len(graph.calls)
         r["params_m"] = model.count_params() / 1e6

@@ -10,6 +10,7 @@ two nodes), edges carry tensors. It is the only module of graft that reads Keras
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,12 +241,9 @@ class LayerGraph:
         return {c for c in out if c in self.calls}
 
     def params_of(self, call_ids) -> int:
-        seen: dict[int, int] = {}
-        for cid in call_ids:
-            op = self.calls[cid].op
-            if isinstance(op, keras.layers.Layer) and id(op) not in seen:
-                seen[id(op)] = int(sum(int(_size(w)) for w in op.weights))
-        return sum(seen.values())
+        """Parameters of the layers the given calls make, shared layers counted once."""
+        ops = {id(self.calls[c].op): self.calls[c].op for c in call_ids if self.calls[c].is_layer}
+        return sum(_layer_params(op) for op in ops.values())
 
     def depths(self) -> dict[str, float]:
         """Longest-path depth of each call from the inputs, as a fraction of the longest path."""
@@ -299,14 +297,26 @@ class LayerGraph:
         return list(cuts)
 
     def _cumulative_params(self, chain: list[str]) -> dict[str, int]:
-        # Ancestor sets along a dominator chain are nested, so one pass in order suffices.
-        result, seen, total = {}, set(), 0
+        # Ancestor sets along a dominator chain are nested: walk each one only as far back as the
+        # previous cut point's, so the whole chain costs one pass over the graph.
+        result: dict[str, int] = {}
+        seen: set[str] = set()
+        counted: set[int] = set()
+        total = 0
         for cid in chain:
             if cid not in self.calls:
                 continue
-            for anc in self.ancestors([cid]) - seen:
-                seen.add(anc)
-            total = self.params_of(seen)
+            stack = [cid]
+            while stack:
+                node = stack.pop()
+                if node in seen:
+                    continue
+                seen.add(node)
+                call = self.calls.get(node)
+                if call is not None and call.is_layer and id(call.op) not in counted:
+                    counted.add(id(call.op))
+                    total += _layer_params(call.op)
+                stack.extend(p for p in self.graph.predecessors(node) if p not in seen)
             result[cid] = total
         return result
 
@@ -354,11 +364,8 @@ class LayerGraph:
         }
 
 
-def _size(w) -> int:
-    n = 1
-    for d in w.shape:
-        n *= int(d)
-    return n
+def _layer_params(layer) -> int:
+    return int(sum(math.prod(w.shape) for w in layer.weights))
 
 
 def _functional_view(model):
