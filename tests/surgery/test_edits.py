@@ -282,3 +282,22 @@ def test_edit_of_a_graph_reuses_it():
     g = layer_graph(model)
     a, b = truncate(g, "pool1"), truncate(g, "pool2")
     assert a.outputs[0].shape == (None, 16, 16, 16) and b.outputs[0].shape == (None, 8, 8, 32)
+
+
+def test_masks_and_call_arguments_survive_an_edit(tmp_path):
+    """A Masking layer's mask reaches the pooling after a copy; explicit call kwargs are kept."""
+    inputs = keras.Input((6, 4), name="seq")
+    x = keras.layers.Masking(mask_value=0.0, name="mask")(inputs)
+    x = keras.layers.Dense(8, name="proj")(x)
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    x = keras.layers.Dropout(0.5, name="drop")(pooled, training=False)
+    out = keras.layers.Dense(2, name="out")(x)
+    model = keras.Model(inputs, out)
+    data = np.random.default_rng(0).normal(size=(3, 6, 4)).astype("float32")
+    data[:, 3:] = 0.0  # masked time steps
+    copy = truncate(model, "out")
+    assert max_abs_diff(outputs_of(copy, data), outputs_of(model, data)) == 0.0
+    # the mask matters: without it the padded steps would pull the average down
+    unmasked = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(model.get_layer("proj")(inputs)))
+    assert max_abs_diff(outputs_of(truncate(model, "pool"), data), outputs_of(unmasked, data)) > 1e-3
+    assert copy.get_layer("drop")._inbound_nodes[0].arguments.kwargs["training"] is False
