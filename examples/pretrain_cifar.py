@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.keras")
-    model.save(tmp)
+    # an uncompiled copy: the optimizer's state would triple the file and is of no use downstream
+    export = build_cnn(len(CLASSES_A))
+    export.set_weights(model.get_weights())
+    export.save(tmp)
     tmp.replace(out)
     meta = {
         "model": out.name,

@@ -1,0 +1,178 @@
+"""How the pretrained network sees the data: one call from a data set and a model to `EmbeddingFacts`.
+
+    facts = measure("examples/data/cifar_b", "examples/models/cifar_a_cnn.keras")
+    facts.facts()   # {'similarity': 0.8, 'similarity_method': 'bn_stats', 'best_cut_depth': 1.0, ...}
+
+`measure` draws the stratified sample, embeds it at every candidate cut in one pass per batch
+(`advisor.embed`), measures the domain similarity (`advisor.similarity`; BN statistics by default, a
+reference folder or stored profile when given) and scores every cut (`advisor.transfer`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from advisor.embed import (
+    DEFAULT_CAP,
+    DEFAULT_PER_CLASS,
+    IMAGE_EXTENSIONS,
+    ImageSample,
+    embed,
+    sample_dataset,
+)
+from advisor.similarity import (
+    Similarity,
+    StatsReference,
+    bn_reference,
+    load_profile,
+    sample_reference,
+    similarity,
+)
+from advisor.transfer import Transferability, transferability
+from graft.errors import DatasetError, InputError
+from surgery import layer_graph, load_model
+
+
+@dataclass
+class EmbeddingFacts:
+    """The measurements `advise` turns into facts and reports.
+
+    Attributes:
+        model: the model's name.
+        similarity: the similarity measurement, or None when it could not be made (see `notes`).
+        transfer: per-cut scores and the recommended cut, or None (unlabelled or one class).
+        sample: images embedded.
+        per_class: the per-class sample size asked for; `cap` the cap on the total.
+        image_size: `(height, width)` the images were resized to.
+        preprocessing: the preprocessing applied.
+        seconds: wall time of the whole measurement.
+        skipped: unreadable files in the sample, with reasons.
+        notes: what was not measured and why.
+    """
+
+    model: str
+    similarity: Similarity | None
+    transfer: Transferability | None
+    sample: int
+    per_class: int
+    cap: int
+    image_size: tuple[int, int]
+    preprocessing: str
+    seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def facts(self) -> dict:
+        """The facts rules may use (None where not measured).
+
+        `similarity` 0..1 (1 = the reference domain), `similarity_method`, `similarity_uncertainty`
+        (bootstrap sd), `similarity_sample` (images), `best_cut_depth` 0..1, `best_cut_layer`,
+        `best_cut_score` (leave-one-out probe accuracy at that cut, 0..1), `top_cut_score` (at the
+        deepest candidate cut), `cut_gain` (best minus top, accuracy points 0..1).
+        """
+        s, t = self.similarity, self.transfer
+        return {
+            "similarity": None if s is None else round(s.value, 4),
+            "similarity_method": None if s is None else s.method,
+            "similarity_uncertainty": None if s is None else round(s.uncertainty, 4),
+            "similarity_sample": self.sample,
+            "best_cut_depth": None if t is None else round(t.best.depth, 4),
+            "best_cut_layer": None if t is None else t.best.name,
+            "best_cut_score": None if t is None else round(t.best.score, 4),
+            "top_cut_score": None if t is None else round(t.scores[-1].score, 4),
+            "cut_gain": None if t is None else round(t.best.score - t.scores[-1].score, 4),
+        }
+
+    def to_dict(self) -> dict:
+        """Everything, for JSON output and the plan's provenance."""
+        return {
+            "model": self.model,
+            "facts": self.facts(),
+            "similarity": None if self.similarity is None else self.similarity.to_dict(),
+            "transfer": None if self.transfer is None else self.transfer.to_dict(),
+            "sample": self.sample,
+            "per_class": self.per_class,
+            "cap": self.cap,
+            "image_size": list(self.image_size),
+            "preprocessing": self.preprocessing,
+            "seconds": round(self.seconds, 2),
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "notes": list(self.notes),
+        }
+
+
+def _reference(source: str | os.PathLike, graph, size: int | None, per_class: int, cap: int,
+               seed: int) -> StatsReference:
+    path = Path(source)
+    if path.suffix == ".npz":
+        return load_profile(path)
+    if not path.is_dir():
+        raise InputError(f"Reference {path} is neither a folder of images nor a .npz profile.")
+    try:
+        sample = sample_dataset(path, per_class=per_class, cap=cap, seed=seed)
+    except DatasetError:  # a flat folder of images: one "class"
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise InputError(f"Reference folder {path} holds no images.") from None
+        files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))[:cap]]
+        sample = ImageSample(sorted(files), np.zeros(len(files), "int64"), ["reference"],
+                             {"reference": len(files)}, seed)
+    return sample_reference(embed(graph, sample, size=size), f"reference sample {path}")
+
+
+def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike | keras.Model,
+            weights: str = "none", per_class: int = DEFAULT_PER_CLASS, cap: int = DEFAULT_CAP,
+            size: int | None = None, reference: str | os.PathLike | None = None,
+            bootstrap: int = 200, method: str = "ridge_loo", seed: int = 0,
+            safe_mode: bool = True) -> EmbeddingFacts:
+    """Measure similarity and per-cut transferability of a labelled image folder under a model.
+
+    Args:
+        dataset: a folder `root/<class>/<images>` (or an `ImageSample` already drawn).
+        model: a `keras.Model`, a model file, or a `keras.applications` name.
+        weights: for a `keras.applications` name: `none`, `imagenet` or a weights file.
+        per_class, cap: sample size per class and in all (bounds the cost on large data sets).
+        size: input size for models that accept any size (default 160).
+        reference: a folder of source-domain images or a `.npz` profile (`save_profile`); default:
+            the model's BatchNormalization statistics (no source data needed).
+        bootstrap: resamples for the similarity's uncertainty.
+        method: per-cut score, `ridge_loo` (default) or `knn_loo`.
+        seed: seed of the sample and the bootstrap.
+        safe_mode: load model files with Keras safe mode.
+
+    Returns:
+        `EmbeddingFacts`.
+
+    Raises:
+        DatasetError, ModelLoadError, InputError: bad data set, model or reference.
+    """
+    start = time.perf_counter()
+    net = model if isinstance(model, keras.Model) else load_model(model, weights=weights, safe_mode=safe_mode)
+    graph = layer_graph(net)
+    sample = dataset if isinstance(dataset, ImageSample) else sample_dataset(dataset, per_class, cap, seed)
+    emb = embed(graph, sample, size=size)
+    notes = []
+    sim = None
+    if reference is not None:
+        sim = similarity(emb, _reference(reference, graph, size, per_class, cap, seed), bootstrap, seed)
+    elif emb.stat_kind == "bn_input":
+        sim = similarity(emb, bn_reference(graph, emb.stat_layers), bootstrap, seed)
+    else:
+        notes.append(f"similarity not measured: {net.name} has no BatchNormalization layers to take "
+                     "source statistics from; pass a reference folder or profile")
+    trans = None
+    if len(set(emb.labels.tolist())) >= 2 and emb.images >= 2 * len(set(emb.labels.tolist())):
+        trans = transferability(emb, method)
+    else:
+        notes.append("per-cut transferability not measured: it needs at least 2 classes with 2 images each")
+    return EmbeddingFacts(
+        model=net.name, similarity=sim, transfer=trans, sample=emb.images, per_class=per_class, cap=cap,
+        image_size=emb.image_size, preprocessing=emb.preprocessing, seconds=time.perf_counter() - start,
+        skipped=emb.skipped, notes=notes,
+    )
