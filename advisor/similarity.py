@@ -34,8 +34,8 @@ from surgery import LayerGraph
 # Calibration of the [0, 1] mapping, fitted by bench/validate_similarity.py (see docs/similarity.md):
 # D50 is the distance that maps to 0.5, K the steepness.
 CALIBRATION = {
-    "bn_stats": {"d50": 0.55, "k": 3.0},
-    "reference": {"d50": 0.55, "k": 3.0},
+    "bn_stats": {"d50": 0.173, "k": 5.8},
+    "reference": {"d50": 0.173, "k": 5.8},
 }
 BOOTSTRAP = 200
 

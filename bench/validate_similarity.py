@@ -8,8 +8,8 @@ and the ImageNet EfficientNet-Lite0 in `../shared/models/` - and each target dom
    training images). Similar targets (CIFAR-10 classes B, natural photos) must score above different
    ones (scikit-learn digits, generated textures); grayscale and inverted CIFAR-B are intermediate
    shifts reported for information.
-2. **Calibration**: fits the logistic mapping distance -> [0, 1] (D50 = geometric midpoint of the
-   similar and different groups' mean distances, K such that the group means map to 0.9 and 0.1),
+2. **Calibration**: fits the logistic mapping distance -> [0, 1] (D50 = geometric midpoint between the
+   largest similar and the smallest different distance, K such that these two map to 0.7 and 0.3),
    and checks it leave-one-model-out (fit on one network, classify the other's domains).
 3. **Cut choice**: per-cut score on the sample (ridge leave-one-out and k-NN leave-one-out) versus
    the actual accuracy of a logistic-regression probe trained on the same sample's standardized
@@ -131,11 +131,18 @@ def run_model(name: str, path: Path, size: int | None, data: dict, bootstrap: in
 
 
 def fit_calibration(points: list[tuple[float, str]]) -> dict:
-    """D50 and K from (distance, group) pairs: the similar/different groups' mean log distances."""
+    """D50 and K from (distance, group) pairs, by maximum margin on the log scale.
+
+    D50 is the geometric midpoint between the largest similar distance and the smallest different one;
+    K maps those two edges to 0.7 and 0.3. When the groups overlap, the mean log distances stand in
+    for the edges."""
     sim = [np.log(d) for d, g in points if g in ("similar", "source")]
     diff = [np.log(d) for d, g in points if g == "different"]
-    ls, ld = float(np.mean(sim)), float(np.mean(diff))
-    return {"d50": round(float(np.exp((ls + ld) / 2)), 4), "k": round(float(2 * np.log(9) / max(ld - ls, 1e-6)), 3)}
+    ls, ld = max(sim), min(diff)
+    if ld <= ls:
+        ls, ld = float(np.mean(sim)), float(np.mean(diff))
+    return {"d50": round(float(np.exp((ls + ld) / 2)), 4),
+            "k": round(float(2 * np.log(7 / 3) / max(ld - ls, 1e-6)), 3)}
 
 
 def render(results: list[dict], calib: dict, loo: list[dict], args) -> str:

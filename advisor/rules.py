@@ -1,0 +1,672 @@
+"""The rules engine: load and check a rules file, evaluate it over facts, trace every step.
+
+A rules file (the default is `rules.yaml` at the project root; format in docs/rules.md) holds:
+
+- `rules_version`: the format version (this engine reads version 1);
+- `thresholds`: named numbers, overridable with `--set name=value`;
+- `strategies`: what each strategy does (cut, phases) - the plan builder reads these;
+- `strategy_table`: rules with `when` conditions and a `then` naming one strategy; a `hit_policy`
+  picks exactly one winner: `first` (the first matching rule in file order) or `unique` (at most one
+  rule may match any fact set; overlaps are load errors);
+- `modifiers`: rules whose `then` actions are all collected (augmentation, class weights, channels,
+  resolution, ...).
+
+Conditions are data: `fact: {op: value}` with `op` one of lt, le, gt, ge, eq, ne, in, not_in, between,
+known. A numeric value may name a threshold. Nothing is evaluated as Python.
+
+Loading checks every fact name, operator, threshold reference, strategy name, action and reason
+placeholder, and checks the strategy table for gaps (a fact set no rule matches) and overlaps (under
+`unique`) or rules that can never win (under `first`), by sampling every region the thresholds cut the
+fact space into. Errors read `rules.yaml:LINE: what is wrong; did you mean ...`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import os
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from advisor.facts import FACTS, FactSpec
+from graft.errors import RulesError
+from graft.yamlio import YamlDoc, load_yaml
+
+RULES_VERSION = 1
+DEFAULT_RULES = Path(__file__).resolve().parents[1] / "rules.yaml"
+OPS = ("lt", "le", "gt", "ge", "eq", "ne", "in", "not_in", "between", "known")
+HIT_POLICIES = ("first", "unique")
+STRATEGY_THEN = ("strategy", "case", "runner_up")
+CUTS = ("top", "best")
+TRAINABLE = ("head", "all", "top_third", "top_half", "from_cut")
+PHASE_KEYS = ("name", "trainable", "epochs", "learning_rate", "backbone_learning_rate", "optimizer",
+              "early_stopping_patience", "weights")
+MODIFIER_ACTIONS = {
+    "class_weights": ("balanced",),
+    "augmentation": dict,
+    "channels": ("gray_to_rgb", "rgb_to_gray"),
+    "resolution": ("upsample", "downsample"),
+    "epochs_scale": float,
+    "batch_size": int,
+    "validation_split": float,
+    "skip_corrupt": bool,
+}
+AUGMENTATION_KEYS = ("flip", "rotation", "zoom", "contrast", "translation")
+_GAP_POINT_LIMIT = 500_000
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class Threshold:
+    """A named number rules compare facts with."""
+
+    name: str
+    value: float
+    doc: str = ""
+    line: int = 0
+
+
+@dataclass
+class Condition:
+    """`fact op value`; `threshold` names the threshold the value came from, if any."""
+
+    fact: str
+    op: str
+    value: object
+    threshold: str | list | None = None
+    line: int = 0
+
+    def test(self, actual) -> bool:
+        """Whether `actual` satisfies the condition; an unknown fact satisfies only `known: false`."""
+        if self.op == "known":
+            return (actual is not None) == bool(self.value)
+        if actual is None:
+            return False
+        v = self.value
+        if self.op == "lt":
+            return actual < v
+        if self.op == "le":
+            return actual <= v
+        if self.op == "gt":
+            return actual > v
+        if self.op == "ge":
+            return actual >= v
+        if self.op == "eq":
+            return actual == v
+        if self.op == "ne":
+            return actual != v
+        if self.op == "in":
+            return actual in v
+        if self.op == "not_in":
+            return actual not in v
+        if self.op == "between":
+            return v[0] <= actual <= v[1]
+        raise AssertionError(self.op)
+
+    def text(self) -> str:
+        """`images < small_dataset (10000)` - how the report prints it."""
+        sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=", "in": "in",
+               "not_in": "not in", "between": "between", "known": "known"}[self.op]
+        if self.op == "known":
+            return f"{self.fact} is {'known' if self.value else 'unknown'}"
+        if self.threshold:
+            ref = self.threshold if isinstance(self.threshold, str) else "..".join(map(str, self.threshold))
+            return f"{self.fact} {sym} {ref} ({_fmt(self.value)})"
+        return f"{self.fact} {sym} {_fmt(self.value)}"
+
+
+@dataclass
+class Rule:
+    """One row of a decision table."""
+
+    name: str
+    table: str
+    conditions: list[Condition]
+    then: dict
+    reason: str
+    line: int = 0
+
+    def matches(self, facts: dict) -> bool:
+        return all(c.test(facts.get(c.fact)) for c in self.conditions)
+
+
+@dataclass
+class RuleTable:
+    """A loaded, checked rules file."""
+
+    version: int
+    thresholds: dict[str, Threshold]
+    strategies: dict[str, dict]
+    strategy_rules: list[Rule]
+    modifier_rules: list[Rule]
+    hit_policy: str
+    source: str
+    sha256: str
+    doc: YamlDoc | None = field(default=None, repr=False)
+    overrides: dict[str, float] = field(default_factory=dict)
+
+    def threshold(self, name: str) -> float:
+        return self.thresholds[name].value
+
+
+# --------------------------------------------------------------------------------------------- trace
+
+
+@dataclass
+class ConditionTrace:
+    """One condition of one rule, evaluated."""
+
+    fact: str
+    op: str
+    expected: object
+    threshold: str | list | None
+    actual: object
+    passed: bool
+    text: str
+
+
+@dataclass
+class RuleTrace:
+    """One rule, evaluated: every condition, whether it matched, its reason when it did."""
+
+    table: str
+    name: str
+    line: int
+    matched: bool
+    conditions: list[ConditionTrace]
+    then: dict
+    reason: str = ""
+
+    @property
+    def failed(self) -> list[ConditionTrace]:
+        return [c for c in self.conditions if not c.passed]
+
+
+@dataclass
+class Decision:
+    """What the rules decided, and why.
+
+    Attributes:
+        strategy: the winning strategy name; `case` its classic case (1-4, 0 = none of them).
+        rule: the winning rule; `reason` its reason with the facts filled in.
+        runner_up: the strategy the rule names as the next best choice (or None).
+        also_matched: other strategy rules that matched (lower priority under `first`).
+        near_misses: strategy rules that failed exactly one condition: `{rule, condition, actual}`.
+        modifiers: the collected actions of every matching modifier rule (later rules override
+            earlier ones key by key; `augmentation` dicts are merged).
+        modifier_rules: `(rule, reason)` of each modifier rule that matched.
+        trace: every rule of both tables, evaluated.
+        hit_policy: the strategy table's hit policy.
+    """
+
+    strategy: str
+    case: int
+    rule: str
+    reason: str
+    runner_up: str | None
+    also_matched: list[str]
+    near_misses: list[dict]
+    modifiers: dict
+    modifier_rules: list[tuple[str, str]]
+    trace: list[RuleTrace]
+    hit_policy: str
+
+    def to_dict(self) -> dict:
+        return {
+            "strategy": self.strategy, "case": self.case, "rule": self.rule, "reason": self.reason,
+            "runner_up": self.runner_up, "also_matched": list(self.also_matched),
+            "near_misses": [dict(m) for m in self.near_misses], "modifiers": copy.deepcopy(self.modifiers),
+            "modifier_rules": [{"rule": r, "reason": why} for r, why in self.modifier_rules],
+            "hit_policy": self.hit_policy, "trace": [_rule_trace_dict(t) for t in self.trace],
+        }
+
+
+def _rule_trace_dict(t: RuleTrace) -> dict:
+    d = asdict(t)
+    for c in d["conditions"]:
+        c["actual"] = _plain(c["actual"])
+    return d
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class _Loader:
+    def __init__(self, doc: YamlDoc, overrides: dict[str, object]):
+        self.doc = doc
+        self.overrides = dict(overrides)
+
+    def fail(self, path: tuple, message: str):
+        raise RulesError(f"{self.doc.where(path)}: {message}")
+
+    def keys(self, mapping: dict, path: tuple, allowed, required=()):
+        if not isinstance(mapping, dict):
+            self.fail(path, f"'{'.'.join(map(str, path)) or 'file'}' must be a mapping, not "
+                            f"{type(mapping).__name__}")
+        for key in mapping:
+            if key not in allowed:
+                self.fail(path + (key,), f"unknown key '{key}' in {'.'.join(map(str, path)) or 'the file'}"
+                          f"{_suggest(key, allowed)} (allowed: {', '.join(allowed)})")
+        for key in required:
+            if key not in mapping:
+                self.fail(path, f"'{'.'.join(map(str, path)) or 'the file'}' needs '{key}'")
+
+    def load(self) -> RuleTable:
+        data = self.doc.data
+        if data is None:
+            self.fail((), "the rules file is empty")
+        self.keys(data, (), ("rules_version", "thresholds", "strategies", "strategy_table", "modifiers"),
+                  required=("rules_version", "strategies", "strategy_table"))
+        version = data["rules_version"]
+        if version != RULES_VERSION:
+            self.fail(("rules_version",), f"rules_version {version!r} is not supported; this graft reads "
+                                          f"rules_version {RULES_VERSION}")
+        self.thresholds = self.load_thresholds(data.get("thresholds") or {})
+        strategies = self.load_strategies(data["strategies"])
+        table = data["strategy_table"]
+        self.keys(table, ("strategy_table",), ("hit_policy", "rules"), required=("hit_policy", "rules"))
+        policy = table["hit_policy"]
+        if policy not in HIT_POLICIES:
+            self.fail(("strategy_table", "hit_policy"), f"hit_policy '{policy}' is not one of "
+                      f"{', '.join(HIT_POLICIES)}{_suggest(policy, HIT_POLICIES)}")
+        srules = self.load_rules(table["rules"], ("strategy_table", "rules"), "strategy", strategies)
+        mods = data.get("modifiers") or {"rules": []}
+        self.keys(mods, ("modifiers",), ("rules",), required=("rules",))
+        mrules = self.load_rules(mods["rules"], ("modifiers", "rules"), "modifier", strategies)
+        return RuleTable(version, self.thresholds, strategies, srules, mrules, policy, self.doc.source,
+                         hashlib.sha256(_canonical(data).encode()).hexdigest(), self.doc,
+                         {k: self.thresholds[k].value for k in self.overrides})
+
+    def load_thresholds(self, raw) -> dict[str, Threshold]:
+        path = ("thresholds",)
+        if not isinstance(raw, dict):
+            self.fail(path, "thresholds must be a mapping of name -> {value, doc}")
+        out = {}
+        for name, spec in raw.items():
+            p = path + (name,)
+            if not isinstance(spec, dict):
+                spec = {"value": spec}
+            else:
+                self.keys(spec, p, ("value", "doc"), required=("value",))
+            value = spec["value"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(p, f"threshold '{name}' must be a number, not {value!r}")
+            out[name] = Threshold(name, value, str(spec.get("doc", "")), self.doc.line(p))
+        for name, value in self.overrides.items():
+            if name not in out:
+                raise RulesError(f"--set {name}=...: no threshold named '{name}' in {self.doc.source}"
+                                 f"{_suggest(name, out)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RulesError(f"--set {name}={value}: a threshold must be a number")
+            out[name].value = value
+        return out
+
+    def load_strategies(self, raw) -> dict[str, dict]:
+        path = ("strategies",)
+        if not isinstance(raw, dict) or not raw:
+            self.fail(path, "strategies must be a non-empty mapping of name -> definition")
+        for name, spec in raw.items():
+            p = path + (name,)
+            self.keys(spec, p, ("doc", "cut", "freeze_bn", "head", "phases", "fallback"),
+                      required=("cut", "phases"))
+            if spec["cut"] not in CUTS:
+                self.fail(p + ("cut",), f"cut '{spec['cut']}' is not one of {', '.join(CUTS)}"
+                          f"{_suggest(spec['cut'], CUTS)}")
+            if not isinstance(spec["phases"], list) or not spec["phases"]:
+                self.fail(p + ("phases",), "phases must be a non-empty list")
+            for i, phase in enumerate(spec["phases"]):
+                pp = p + ("phases", i)
+                self.keys(phase, pp, PHASE_KEYS, required=("name", "trainable", "epochs", "learning_rate"))
+                if phase["trainable"] not in TRAINABLE:
+                    self.fail(pp + ("trainable",), f"trainable '{phase['trainable']}' is not one of "
+                              f"{', '.join(TRAINABLE)}{_suggest(phase['trainable'], TRAINABLE)}")
+                for key in ("epochs", "learning_rate"):
+                    if isinstance(phase[key], bool) or not isinstance(phase[key], (int, float)) or phase[key] <= 0:
+                        self.fail(pp + (key,), f"{key} must be a positive number, not {phase[key]!r}")
+            if "head" in spec:
+                self.keys(spec["head"], p + ("head",), ("pooling", "hidden", "dropout"))
+            if "fallback" in spec:
+                self.keys(spec["fallback"], p + ("fallback",), ("scratch_trial_epochs", "margin", "min_images"),
+                          required=("scratch_trial_epochs", "margin"))
+        return raw
+
+    def load_rules(self, raw, path: tuple, table: str, strategies: dict) -> list[Rule]:
+        if not isinstance(raw, list):
+            self.fail(path, f"{'.'.join(path)} must be a list of rules")
+        rules, names = [], set()
+        for i, spec in enumerate(raw):
+            p = path + (i,)
+            self.keys(spec, p, ("name", "when", "then", "reason"), required=("name", "then", "reason"))
+            name = spec["name"]
+            if name in names:
+                self.fail(p + ("name",), f"rule name '{name}' is used twice; names must be unique")
+            names.add(name)
+            when = spec.get("when") or {}
+            if not isinstance(when, dict):
+                self.fail(p + ("when",), "when must be a mapping of fact -> {op: value}")
+            conditions = []
+            for fact, test in when.items():
+                conditions.extend(self.load_conditions(fact, test, p + ("when", fact)))
+            then = spec["then"]
+            if table == "strategy":
+                self.check_strategy_then(then, p + ("then",), strategies)
+            else:
+                self.check_modifier_then(then, p + ("then",))
+            self.check_reason(spec["reason"], p + ("reason",))
+            rules.append(Rule(name, table, conditions, then, str(spec["reason"]).strip(), self.doc.line(p)))
+        return rules
+
+    def load_conditions(self, fact: str, test, path: tuple) -> list[Condition]:
+        if fact not in FACTS:
+            self.fail(path, f"unknown fact '{fact}'{_suggest(fact, FACTS)}")
+        spec = FACTS[fact]
+        if not isinstance(test, dict) or not test:
+            self.fail(path, f"the test of '{fact}' must be a mapping like {{lt: 1000}} or {{known: true}}")
+        out = []
+        for op, raw in test.items():
+            p = path + (op,)
+            if op not in OPS:
+                self.fail(p, f"unknown operator '{op}'{_suggest(op, OPS)} (operators: {', '.join(OPS)})")
+            value, ref = self.resolve_value(spec, op, raw, p)
+            out.append(Condition(fact, op, value, ref, self.doc.line(p)))
+        return out
+
+    def resolve_value(self, spec: FactSpec, op: str, raw, path: tuple):
+        if op == "known":
+            if not isinstance(raw, bool):
+                self.fail(path, f"known takes true or false, not {raw!r}")
+            return raw, None
+        if op in ("in", "not_in", "between"):
+            if not isinstance(raw, list) or (op == "between" and len(raw) != 2):
+                self.fail(path, f"{op} takes a list{' of two bounds' if op == 'between' else ''}, not {raw!r}")
+            pairs = [self.scalar(spec, x, path) for x in raw]
+            refs = [r for _, r in pairs]
+            return [v for v, _ in pairs], (refs if any(refs) else None)
+        return self.scalar(spec, raw, path)
+
+    def scalar(self, spec: FactSpec, raw, path: tuple):
+        if spec.kind in ("int", "float"):
+            if isinstance(raw, str):
+                if raw not in self.thresholds:
+                    self.fail(path, f"'{raw}' is not a threshold{_suggest(raw, self.thresholds)} "
+                              f"(a number or one of: {', '.join(self.thresholds)})")
+                return self.thresholds[raw].value, raw
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                self.fail(path, f"'{spec.name}' is a number; {raw!r} cannot be compared with it")
+            return raw, None
+        if spec.kind == "bool":
+            if not isinstance(raw, bool):
+                self.fail(path, f"'{spec.name}' is true or false, not {raw!r}")
+            return raw, None
+        if spec.values and raw not in spec.values:
+            self.fail(path, f"'{spec.name}' is one of {', '.join(spec.values)}, not {raw!r}"
+                      f"{_suggest(raw, spec.values)}")
+        return raw, None
+
+    def check_strategy_then(self, then, path: tuple, strategies: dict):
+        self.keys(then, path, STRATEGY_THEN, required=("strategy", "case"))
+        for key in ("strategy", "runner_up"):
+            if key in then and then[key] is not None and then[key] not in strategies:
+                self.fail(path + (key,), f"unknown strategy '{then[key]}'{_suggest(then[key], strategies)}")
+        if then["case"] not in (0, 1, 2, 3, 4):
+            self.fail(path + ("case",), f"case must be 1-4 (the classic cases) or 0, not {then['case']!r}")
+
+    def check_modifier_then(self, then, path: tuple):
+        self.keys(then, path, tuple(MODIFIER_ACTIONS))
+        for key, value in then.items():
+            kind = MODIFIER_ACTIONS[key]
+            p = path + (key,)
+            if isinstance(kind, tuple):
+                if value not in kind:
+                    self.fail(p, f"{key} is one of {', '.join(kind)}, not {value!r}{_suggest(value, kind)}")
+            elif kind is dict:
+                self.keys(value, p, AUGMENTATION_KEYS)
+            elif kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                self.fail(p, f"{key} must be a number, not {value!r}")
+            elif kind in (int, bool) and type(value) is not kind:
+                self.fail(p, f"{key} must be {kind.__name__}, not {value!r}")
+
+    def check_reason(self, reason, path: tuple):
+        if not isinstance(reason, str) or not reason.strip():
+            self.fail(path, "reason must be a sentence saying why the rule decides what it does")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(reason) if f is not None]
+        except ValueError as exc:
+            self.fail(path, f"reason has a broken {{placeholder}}: {exc}")
+        names = list(FACTS) + list(self.thresholds)
+        for f in fields:
+            if f not in names:
+                self.fail(path, f"reason placeholder '{{{f}}}' is not a fact or threshold{_suggest(f, names)}")
+
+
+def load_rules(path: str | os.PathLike | None = None, overrides: dict[str, object] | None = None,
+               text: str | None = None) -> RuleTable:
+    """Load and check a rules file.
+
+    Args:
+        path: the rules file; None for the default `rules.yaml`.
+        overrides: threshold name -> new value (what `--set name=value` gives).
+        text: the file's content, when it does not come from disk (`path` is then only its name).
+
+    Returns:
+        The checked `RuleTable`.
+
+    Raises:
+        RulesError: `FILE:LINE: what is wrong; did you mean ...` for any error, including gaps and
+            overlaps in the strategy table.
+    """
+    path = Path(path) if path is not None else DEFAULT_RULES
+    if text is None:
+        if not path.exists():
+            raise RulesError(f"{path}: no such rules file; pass --rules with an existing file or leave it out "
+                             "for the default rules")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RulesError(f"{path}: cannot read the rules file: {exc}") from None
+    try:
+        doc = load_yaml(text, str(path))
+    except RulesError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the YAML layer raises InputError; keep the rules type
+        raise RulesError(str(exc)) from None
+    table = _Loader(doc, overrides or {}).load()
+    check_table(table)
+    return table
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, object]:
+    """`["small_dataset=5000", ...]` -> `{"small_dataset": 5000}`; values parsed as YAML scalars."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise RulesError(f"--set {item!r}: expected name=value, e.g. --set small_dataset=5000")
+        try:
+            out[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RulesError(f"--set {item!r}: the value is not a number") from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def _axis(fact: str, rules: list[Rule]) -> list:
+    """Representative values of one fact: each constant used, the values between and beyond them, and
+    None when the fact can be unknown. Every region the conditions cut the axis into gets a point."""
+    spec = FACTS[fact]
+    if spec.kind == "bool":
+        points: list = [False, True]
+    elif spec.kind == "str":
+        points = list(spec.values) or sorted({c.value for r in rules for c in r.conditions if c.fact == fact
+                                              and isinstance(c.value, str)})
+        points.append("__other__")
+    else:
+        consts = set()
+        for r in rules:
+            for c in r.conditions:
+                if c.fact == fact and c.op != "known":
+                    consts.update(c.value if isinstance(c.value, list) else [c.value])
+        consts = sorted(consts)
+        points = []
+        if not consts:
+            points = [0]
+        step = 1 if spec.kind == "int" and all(float(c).is_integer() for c in consts) else None
+        for i, c in enumerate(consts):
+            if step:
+                points += [c - 1, c, c + 1]
+            else:
+                lo = consts[i - 1] if i else c - max(abs(c), 1.0)
+                points += [(lo + c) / 2, c]
+        if consts and not step:
+            points.append(consts[-1] + max(abs(consts[-1]), 1.0))
+        points = sorted(set(points))
+    if spec.nullable:
+        points.append(None)
+    return points
+
+
+def check_table(table: RuleTable) -> None:
+    """Gap and overlap checks of the strategy table (see the module docstring); raises RulesError."""
+    rules = table.strategy_rules
+    src = table.source
+    if not rules:
+        raise RulesError(f"{src}:{table.doc.line(('strategy_table', 'rules')) if table.doc else 1}: "
+                         "the strategy table has no rules")
+    facts = sorted({c.fact for r in rules for c in r.conditions})
+    axes = [_axis(f, rules) for f in facts]
+    total = 1
+    for a in axes:
+        total *= len(a)
+    if total > _GAP_POINT_LIMIT:
+        raise RulesError(f"{src}:{rules[0].line}: the strategy table uses too many distinct values "
+                         f"({total} regions) to check for gaps; merge thresholds or split the table")
+    wins = {r.name: 0 for r in rules}
+    for values in itertools.product(*axes):
+        point = dict(zip(facts, values))
+        matched = [r for r in rules if r.matches(point)]
+        if not matched:
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+            raise RulesError(f"{src}:{rules[-1].line}: gap in the strategy table: no rule matches {shown}; "
+                             "add a rule for it or a catch-all rule with no 'when' at the end")
+        if table.hit_policy == "unique" and len(matched) > 1:
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+            raise RulesError(f"{src}:{matched[1].line}: overlap in the strategy table (hit_policy unique): "
+                             f"rules '{matched[0].name}' (line {matched[0].line}) and '{matched[1].name}' both "
+                             f"match {shown}; narrow one of them or use hit_policy: first")
+        wins[matched[0].name] += 1
+    for r in rules:
+        if not wins[r.name]:
+            raise RulesError(f"{src}:{r.line}: rule '{r.name}' can never win: every fact set it matches is "
+                             "taken by a rule above it (hit_policy first); move it up or remove it")
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if v is None:
+        return "unknown"
+    return str(v)
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+class _Facts(dict):
+    def __missing__(self, key):
+        return "unknown"
+
+
+def format_reason(reason: str, facts: dict, table: RuleTable) -> str:
+    """Fill `{fact}` and `{threshold}` placeholders; unknown facts read 'unknown'."""
+    values = _Facts({k: (v if v is not None else "unknown") for k, v in facts.items()})
+    values.update({k: t.value for k, t in table.thresholds.items()})
+    try:
+        return reason.format_map(values)
+    except (ValueError, TypeError):  # a format spec like :.2f on 'unknown'
+        plain = _Facts({k: _fmt(v) for k, v in values.items()})
+        return string.Formatter().vformat(_strip_specs(reason), (), plain)
+
+
+def _strip_specs(text: str) -> str:
+    out = []
+    for literal, fname, _spec, _conv in string.Formatter().parse(text):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if fname is not None:
+            out.append("{" + fname + "}")
+    return "".join(out)
+
+
+def _trace(rule: Rule, facts: dict, table: RuleTable) -> RuleTrace:
+    conds = [ConditionTrace(c.fact, c.op, c.value, c.threshold, _plain(facts.get(c.fact)),
+                            c.test(facts.get(c.fact)), c.text()) for c in rule.conditions]
+    matched = all(c.passed for c in conds)
+    return RuleTrace(rule.table, rule.name, rule.line, matched, conds, copy.deepcopy(rule.then),
+                     format_reason(rule.reason, facts, table) if matched else "")
+
+
+def evaluate(table: RuleTable, facts: dict) -> Decision:
+    """Run both tables over `facts`.
+
+    Args:
+        table: a loaded `RuleTable`.
+        facts: fact name -> value (missing facts are unknown).
+
+    Returns:
+        The `Decision` with its full trace.
+    """
+    facts = {name: facts.get(name) for name in FACTS} | {k: v for k, v in facts.items() if k not in FACTS}
+    strace = [_trace(r, facts, table) for r in table.strategy_rules]
+    matched = [t for t in strace if t.matched]
+    if not matched:  # the load-time gap check makes this unreachable for facts inside the checked space
+        raise RulesError(f"{table.source}: no strategy rule matches these facts; add a catch-all rule")
+    if table.hit_policy == "unique" and len(matched) > 1:
+        raise RulesError(f"{table.source}:{matched[1].line}: rules '{matched[0].name}' and '{matched[1].name}' "
+                         "both match (hit_policy unique)")
+    win = matched[0]
+    near = [{"rule": t.name, "line": t.line, "condition": t.failed[0].text,
+             "actual": t.failed[0].actual} for t in strace if len(t.failed) == 1]
+    mtrace = [_trace(r, facts, table) for r in table.modifier_rules]
+    modifiers: dict = {}
+    fired = []
+    for t in mtrace:
+        if not t.matched:
+            continue
+        fired.append((t.name, t.reason))
+        for key, value in t.then.items():
+            if key == "augmentation":
+                modifiers.setdefault("augmentation", {}).update(value)
+            else:
+                modifiers[key] = value
+    return Decision(win.then["strategy"], win.then["case"], win.name, win.reason, win.then.get("runner_up"),
+                    [t.name for t in matched[1:]], near, modifiers, fired, strace + mtrace, table.hit_policy)
+
+
+def _canonical(data) -> str:
+    import json
+
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (what the plan's provenance records)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

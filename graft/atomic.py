@@ -1,0 +1,165 @@
+"""Atomic file writes: write to a temporary file in the target's directory, then rename.
+
+A reader never sees a half-written file: either the old content or the new one. On failure the
+temporary file is removed and the target is left untouched. Parent directories are created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "write_bytes", "write_json", "write_text"]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best-effort fsync of a directory so the rename itself is durable (POSIX only)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: str | os.PathLike[str]) -> None:
+    """Remove a file or directory tree if it exists; never raises for a missing path."""
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(p)
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: changing the umask is process-wide and racy under threads.
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes to `path` atomically.
+
+    Args:
+        path: destination file; its parent directories are created if missing.
+        data: the bytes to write.
+
+    Returns:
+        The destination as a `Path`.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.NamedTemporaryFile(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        # NamedTemporaryFile creates 0600; give the file the mode a plain open() would.
+        with contextlib.suppress(OSError):
+            os.chmod(tmp.name, _FILE_MODE)
+        os.replace(tmp.name, target)
+    except BaseException:
+        _remove_quietly(tmp.name)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write text to `path` atomically.
+
+    Args:
+        path: destination file; its parent directories are created if missing.
+        text: the text to write (newlines are written as given).
+        encoding: text encoding, UTF-8 by default.
+
+    Returns:
+        The destination as a `Path`.
+    """
+    return write_bytes(path, text.encode(encoding))
+
+
+def write_json(
+    path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, allow_nan: bool = True
+) -> Path:
+    """Serialize `obj` as JSON and write it to `path` atomically.
+
+    The object is serialized before anything touches the disk, so a non-serializable object
+    raises `TypeError` and leaves the target (and the directory) untouched.
+
+    Args:
+        path: destination file; its parent directories are created if missing.
+        obj: a JSON-serializable object.
+        indent: indentation passed to `json.dumps` (None for compact output).
+        allow_nan: write NaN/Infinity as Python's `json` module does (not strict JSON); with
+            False such values raise `ValueError` instead.
+
+    Returns:
+        The destination as a `Path`.
+
+    Raises:
+        TypeError: `obj` is not JSON-serializable.
+        ValueError: `obj` holds NaN/inf and `allow_nan` is False, or has circular references.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=False, allow_nan=allow_nan) + "\n"
+    return write_text(path, text)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; move it onto `path` when the block succeeds.
+
+    The temporary name keeps the target's suffix (`model.keras` -> `.model.XXXX.keras`) so that
+    writers that choose a format from the extension (`keras.Model.save`, matplotlib `savefig`)
+    work. If the block raises, or writes nothing, the temporary file is removed and the target is
+    left untouched.
+
+    Args:
+        path: destination file; its parent directories are created if missing.
+
+    Yields:
+        The temporary path to write to. It does not exist yet when yielded.
+
+    Raises:
+        FileNotFoundError: the block finished without creating the temporary file.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    # Some writers refuse to overwrite an existing file; hand over a free name.
+    tmp.unlink()
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary file for {target}")
+        if tmp.is_file():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(target.parent)
