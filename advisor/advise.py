@@ -1,0 +1,289 @@
+"""`advise`: data set + (optional) model + rules -> facts, decision with trace, plan.
+
+    advice = advise("dataset/", model="examples/models/cifar_a_cnn.keras")
+    advice.decision.strategy, advice.decision.reason
+    save_plan(advice.plan, "plan.yaml")
+
+Facts come from the data set scan (`advisor.dataset`), the model (layers, BatchNormalization, input
+size), the embedding measurement (`advisor.measure`: similarity and the per-cut probe, when a model
+is given) or the user (`similarity=`). Unknown facts stay `None`; the rules say how they handle that.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from advisor.dataset import DatasetFacts, scan
+from advisor.facts import derived
+from advisor.plan import (
+    DataPlan,
+    DecisionRecord,
+    Fallback,
+    HeadPlan,
+    ModelSpec,
+    OutputPlan,
+    Phase,
+    Plan,
+    Provenance,
+    SurgeryPlan,
+    TrainingPlan,
+)
+from advisor.rules import Decision, RuleTable, load_rules
+from graft.errors import GraftError, InputError
+
+DEFAULT_MODEL = "mobilenetv2"
+TRAINABLE_FRACTION = {"head": 0.0, "top_third": 1 / 3, "top_half": 0.5, "all": 1.0, "from_cut": 1.0}
+
+
+@dataclass
+class ModelFacts:
+    """What `advise` learned from loading the model."""
+
+    source: str
+    name: str
+    layers: int
+    has_batchnorm: bool
+    input_size: tuple[int, int] | None
+    channels: int
+    params: int
+
+
+@dataclass
+class Advice:
+    """Everything `advise` found and decided.
+
+    Attributes:
+        dataset: the data set scan.
+        model: what the model is (None when no model was given).
+        embedding: the similarity / per-cut measurement (`advisor.measure.EmbeddingFacts`) or None.
+        facts: the fact values the rules saw.
+        decision: the rules' decision with its full trace.
+        plan: the plan, ready for `save_plan`.
+        rules: the rule table used.
+        notes: what was not measured and why, and other remarks for the report.
+    """
+
+    dataset: DatasetFacts
+    model: ModelFacts | None
+    embedding: object | None
+    facts: dict
+    decision: Decision
+    plan: Plan
+    rules: RuleTable
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: facts, decision with trace, measurements, plan."""
+        return {
+            "dataset": self.dataset.to_dict(),
+            "model": None if self.model is None else self.model.__dict__ | {
+                "input_size": list(self.model.input_size) if self.model.input_size else None},
+            "facts": dict(self.facts),
+            "similarity": self.plan.decision.similarity,
+            "best_cut_depth": self.facts.get("best_cut_depth"),
+            "embedding": None if self.embedding is None else self.embedding.to_dict(),
+            "decision": self.decision.to_dict(),
+            "plan": self.plan.to_dict(),
+            "rules": {"file": self.rules.source, "version": self.rules.version, "sha256": self.rules.sha256,
+                      "overrides": dict(self.rules.overrides)},
+            "notes": list(self.notes),
+        }
+
+
+def model_facts(model, source: str) -> ModelFacts:
+    """Layers, BatchNormalization, input size and channels of a loaded model."""
+    from surgery import layer_graph
+
+    summary = layer_graph(model).summary()
+    shape = model.inputs[0].shape if model.inputs else (None, None, None, 3)
+    size = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
+    return ModelFacts(source, model.name, summary["layers"], summary["batchnorm_layers"] > 0, size,
+                      int(shape[-1] or 3), int(model.count_params()))
+
+
+def estimate_cost(strategy: dict, train_images: int, augmented: bool, epochs_scale: float = 1.0) -> dict:
+    """Expected compute of a strategy, in forward passes of the pretrained base over one image.
+
+    A frozen-base head phase without augmentation costs one forward pass per image in all (bottleneck
+    features are computed once); any other phase costs `epochs x images x (1 + 2 f)`, where `f` is the
+    trainable fraction of the base (a backward pass costs about two forward passes).
+    """
+    total, bottleneck_done = 0.0, False
+    for phase in strategy["phases"]:
+        epochs = max(1, round(phase["epochs"] * epochs_scale))
+        f = TRAINABLE_FRACTION.get(phase["trainable"], 1.0)
+        if f == 0.0 and not augmented:
+            if not bottleneck_done:
+                total += train_images
+                bottleneck_done = True
+        else:
+            total += epochs * train_images * (1 + 2 * f)
+    fb = strategy.get("fallback")
+    if fb:
+        total += 2 * fb["scratch_trial_epochs"] * train_images * 3
+    return {"base_forward_passes": int(total), "epochs": sum(max(1, round(p["epochs"] * epochs_scale))
+                                                              for p in strategy["phases"])}
+
+
+def _phases(strategy: dict, scale: float) -> list[Phase]:
+    out = []
+    for p in strategy["phases"]:
+        out.append(Phase(
+            name=p["name"], trainable=p["trainable"], epochs=max(1, round(p["epochs"] * scale)),
+            optimizer=p.get("optimizer", "adam"), learning_rate=float(p["learning_rate"]),
+            backbone_learning_rate=(float(p["backbone_learning_rate"]) if p.get("backbone_learning_rate")
+                                    else None),
+            early_stopping_patience=p.get("early_stopping_patience"), weights=p.get("weights", "pretrained")))
+    return out
+
+
+def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: DatasetFacts,
+               model_source: str, weights: str, model: ModelFacts | None, embedding_cut: str | None,
+               out_dir: str | None = None, overrides: dict | None = None) -> Plan:
+    """Turn a decision into a plan: surgery, phases and data settings from the winning strategy, with
+    the modifiers applied. `embedding_cut` is the measured best cut layer (for `cut: best`)."""
+    from graft import __version__
+
+    strategy = table.strategies[decision.strategy]
+    mods = decision.modifiers
+    scale = float(mods.get("epochs_scale", 1.0))
+    head = strategy.get("head", {})
+    cut = embedding_cut if strategy["cut"] == "best" else None
+    augmentation = copy.deepcopy(mods.get("augmentation", {}))
+    data = DataPlan(
+        path=str(Path(dataset.root)),
+        input_size=list(model.input_size) if model and model.input_size else [224, 224],
+        channels=model.channels if model else 3,
+        channel_mode=mods.get("channels", "keep"),
+        augmentation=augmentation,
+        validation_split=float(mods.get("validation_split", 0.2)),
+        test_split=0.0 if dataset.splits.get("test") else 0.1,
+        batch_size=int(mods.get("batch_size", 32)),
+        skip_corrupt=bool(mods.get("skip_corrupt", True)),
+    )
+    train_images = int(dataset.images * (1 - data.validation_split - data.test_split))
+    cost = estimate_cost(strategy, train_images, bool(augmentation), scale)
+    runner = decision.runner_up
+    runner_cost = estimate_cost(table.strategies[runner], train_images, bool(augmentation), scale) if runner else {}
+    reasons = [decision.reason] + [why for _, why in decision.modifier_rules]
+    fb = strategy.get("fallback")
+    sim = {"value": facts.get("similarity"), "method": facts.get("similarity_method"),
+           "uncertainty": facts.get("similarity_uncertainty")}
+    if facts.get("similarity") is None:
+        sim["note"] = f"similarity unknown; handled by rule '{decision.rule}'"
+    name = Path(dataset.root).name or "dataset"
+    return Plan(
+        provenance=Provenance(
+            tool=f"graft {__version__}", rules=str(table.source), rules_version=table.version,
+            rules_sha256=table.sha256, overrides=dict(overrides or {}), dataset=str(dataset.root),
+            dataset_fingerprint=dataset.fingerprint,
+            created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()),
+        facts={k: v for k, v in facts.items()},
+        decision=DecisionRecord(
+            strategy=decision.strategy, case=decision.case, rule=decision.rule, reasons=reasons,
+            runner_up=runner, expected_cost=cost, runner_up_cost=runner_cost,
+            also_matched=list(decision.also_matched), similarity=sim),
+        model=ModelSpec(source=model_source, weights=weights,
+                        input_size=list(model.input_size) if model and model.input_size else None),
+        surgery=SurgeryPlan(
+            cut=cut, bn="freeze" if (model is None or model.has_batchnorm) else "follow",
+            head=HeadPlan(classes=dataset.classes, pooling=head.get("pooling", "avg"),
+                          hidden=list(head.get("hidden", [])), dropout=float(head.get("dropout", 0.2)))),
+        training=TrainingPlan(
+            phases=_phases(strategy, scale), class_weights=mods.get("class_weights", "none"),
+            fallback=Fallback(fb["scratch_trial_epochs"], float(fb["margin"])) if fb else None),
+        data=data,
+        outputs=OutputPlan(dir=out_dir or f"runs/{name}-{decision.strategy}"),
+    )
+
+
+def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
+           rules: str | os.PathLike | RuleTable | None = None, overrides: dict | None = None, *,
+           similarity: float | None = None, weights: str | None = None, measure: bool = True,
+           reference: str | os.PathLike | None = None, per_class: int | None = None,
+           sample: int = 2000, out_dir: str | None = None, safe_mode: bool = True,
+           progress: Callable[[str, int], None] | None = None) -> Advice:
+    """Advise how to transfer a network to a data set.
+
+    Args:
+        dataset: a class-per-folder image folder (optionally with train/val/test splits).
+        model: a `.keras`/`.h5` file or a `keras.applications` name; None: the plan names
+            MobileNetV2 (ImageNet) and similarity stays unknown unless `similarity` is given.
+        rules: a rules file, a loaded `RuleTable`, or None for the default `rules.yaml`.
+        overrides: threshold name -> value (like `--set`).
+        similarity: a similarity in [0, 1] stated by the user (method `user`); it replaces the
+            measured one.
+        weights: for a `keras.applications` name: `imagenet`, `none` or a weights file (default
+            `imagenet`); ignored for model files.
+        measure: measure similarity and per-cut transferability from embeddings when a model is given.
+        reference: a folder of source-domain images or a stored profile, for the similarity.
+        per_class: images per class the embedding sample takes (default `advisor.embed`'s).
+        sample: image headers the data set scan reads.
+        out_dir: the run directory the plan names.
+        safe_mode: load model files with Keras safe mode.
+        progress: called as `progress(stage, count)` during long steps (`scan`, `measure`).
+
+    Returns:
+        `Advice`.
+
+    Raises:
+        DatasetError, ModelLoadError, RulesError, InputError: bad input, with a clear message.
+    """
+    if similarity is not None and not (isinstance(similarity, (int, float)) and 0 <= similarity <= 1):
+        raise InputError(f"similarity must be a number in [0, 1], not {similarity!r}")
+    table = rules if isinstance(rules, RuleTable) else load_rules(rules, overrides)
+    facts_ds = scan(dataset, sample=sample, progress=(lambda n: progress("scan", n)) if progress else None)
+    facts = dict(facts_ds.facts())
+    notes = list(facts_ds.warnings)
+    from graft.hardware import gpu_count
+
+    facts["gpu"] = gpu_count() > 0
+    mfacts, emb, cut_layer = None, None, None
+    source = str(model) if model is not None else DEFAULT_MODEL
+    is_file = model is not None and (Path(str(model)).suffix.lower() in (".keras", ".h5") or Path(str(model)).exists())
+    weights = weights or ("file" if is_file else "imagenet")
+    if model is not None:
+        from surgery import load_model
+
+        net = load_model(model, weights="imagenet" if weights == "file" else weights, safe_mode=safe_mode)
+        mfacts = model_facts(net, source)
+        facts.update(model_layers=mfacts.layers, model_has_batchnorm=mfacts.has_batchnorm,
+                     model_channels=mfacts.channels,
+                     model_input_size=min(mfacts.input_size) if mfacts.input_size else None)
+        if measure:
+            from advisor.measure import measure as measure_embeddings
+
+            if progress:
+                progress("measure", 0)
+            kwargs = {"per_class": per_class} if per_class else {}
+            try:
+                emb = measure_embeddings(dataset, net, reference=reference, safe_mode=safe_mode, **kwargs)
+            except InputError:
+                raise
+            except (GraftError, ValueError, RuntimeError, MemoryError) as exc:
+                notes.append(f"embedding measurement failed ({type(exc).__name__}: {exc}); similarity and "
+                             "best cut are unknown")
+            if emb is not None:
+                ef = emb.facts()
+                notes.extend(emb.notes)
+                facts.update(similarity=ef["similarity"], similarity_method=ef["similarity_method"],
+                             similarity_uncertainty=ef["similarity_uncertainty"],
+                             best_cut_depth=ef["best_cut_depth"], top_cut_gain=ef["cut_gain"],
+                             best_cut_layer=ef["best_cut_layer"], similarity_sample=ef["similarity_sample"])
+                cut_layer = ef["best_cut_layer"]
+                if emb.transfer is not None and cut_layer == emb.transfer.scores[-1].name:
+                    cut_layer = None  # the best cut is the top: keep the whole base
+    if similarity is not None:
+        facts.update(similarity=float(similarity), similarity_method="user", similarity_uncertainty=None)
+    facts = derived(facts)
+    from advisor.rules import evaluate
+
+    decision = evaluate(table, facts)
+    plan = build_plan(decision, table, facts, facts_ds, source, weights, mfacts, cut_layer, out_dir,
+                      table.overrides)
+    return Advice(facts_ds, mfacts, emb, facts, decision, plan, table, notes)

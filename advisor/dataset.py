@@ -1,0 +1,635 @@
+"""Facts about an image data set folder, fast: counts from a directory listing, pixels from a sample.
+
+Two layouts are accepted (see docs/dataset.md):
+
+    ROOT/CLASS/.../image.jpg                       class per folder
+    ROOT/{train,val,test}/CLASS/.../image.jpg      split folders (``validation``/``valid`` = ``val``)
+
+`list_images` walks the tree once with `os.scandir` (one `stat` per file, for its size; no image is
+opened) and returns what a training pipeline needs. `scan` adds the facts the rules use: counts per
+class come from the listing, while image size, channels and corruption come from a bounded, stratified
+random sample whose headers are read with PIL (JPEGs are also decoded at 1/8 scale and PNGs
+CRC-checked, so truncated files are caught).
+
+Problems that make the folder unusable raise `graft.errors.DatasetError`; everything else (empty class
+folders, unreadable sub-folders, corrupt files, ignored files, tiny classes) ends up in
+`DatasetFacts.warnings`, never as a Python warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import statistics
+import stat as stat_mod
+import time
+import warnings as py_warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from graft.errors import DatasetError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+#: Split folder names (lower case) and the split they stand for.
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+
+#: PIL modes with one colour channel (with or without alpha).
+GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+#: A class with fewer images than this gets a warning.
+SMALL_CLASS = 5
+
+#: `progress` is called after every this many files seen.
+PROGRESS_EVERY = 10_000
+
+#: At most this many paths are kept in `DatasetFacts.corrupt` (the count stays exact).
+MAX_LISTED = 100
+
+#: Non-JPEG/PNG images up to this many pixels are fully decoded in the sample; larger ones are verified.
+_FULL_DECODE_PIXELS = 16_000_000
+
+_FACT_KEYS = (
+    "images",
+    "classes",
+    "images_per_class_min",
+    "images_per_class_median",
+    "imbalance_ratio",
+    "grayscale_fraction",
+    "median_width",
+    "median_height",
+    "corrupt_files",
+)
+
+
+@dataclass
+class ImageList:
+    """The labelled image files of a data set folder, as a training pipeline needs them.
+
+    Attributes:
+        root: the data set folder, as an absolute path.
+        classes: class names (folder names) with at least one image, sorted like `sorted()` does
+            (the order `keras.utils.image_dataset_from_directory` uses).
+        files: absolute paths of the image files, sorted; zero-byte files and broken links are left out.
+        labels: per file, its class as an index into `classes`.
+        split: per file, ``"train"``, ``"val"``, ``"test"``, or ``""`` when there are no split folders.
+    """
+
+    root: str
+    classes: list[str]
+    files: list[str]
+    labels: list[int]
+    split: list[str]
+    # Internal by-products of the walk, used by `scan` (not part of the public contract).
+    sizes: list[int] = field(default_factory=list, repr=False)
+    non_images: int = field(default=0, repr=False)
+    empty_classes: list[str] = field(default_factory=list, repr=False)
+    unusable: list[str] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)
+    files_seen: int = field(default=0, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass
+class DatasetFacts:
+    """What `scan` found in a data set folder. Units and meaning of every field: docs/dataset.md."""
+
+    root: str
+    images: int
+    classes: int
+    class_names: list[str]
+    per_class: dict[str, int]
+    images_per_class_min: int
+    images_per_class_median: float
+    imbalance_ratio: float
+    grayscale_fraction: float
+    median_width: int
+    median_height: int
+    channels: dict[str, int]
+    sampled: int
+    corrupt_files: int
+    corrupt: list[str]
+    non_images: int
+    splits: dict[str, int]
+    empty_classes: list[str]
+    fingerprint: str
+    warnings: list[str]
+    seconds: float
+
+    def facts(self) -> dict:
+        """The facts the rules may use, as plain Python numbers.
+
+        Returns:
+            dict with exactly the keys images, classes, images_per_class_min,
+            images_per_class_median, imbalance_ratio, grayscale_fraction, median_width,
+            median_height, corrupt_files.
+        """
+        out = {}
+        for key in _FACT_KEYS:
+            value = getattr(self, key)
+            out[key] = float(value) if isinstance(value, float) else int(value)
+        return out
+
+    def to_dict(self) -> dict:
+        """Every field, JSON and YAML friendly (plain str, int, float, list and dict).
+
+        Returns:
+            dict of all fields in declaration order.
+        """
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Listing
+
+
+def _check_root(root: str | os.PathLike) -> str:
+    path = os.path.abspath(os.fspath(root))
+    if not os.path.exists(path):
+        if os.path.islink(path):
+            raise DatasetError(
+                f"Data set folder {path} is a broken symbolic link; point it at the folder that "
+                "holds the class folders."
+            )
+        raise DatasetError(
+            f"Data set folder {path} does not exist; pass the folder that holds one sub-folder per "
+            "class (or train/val/test folders)."
+        )
+    if not os.path.isdir(path):
+        raise DatasetError(
+            f"Data set path {path} is a file, not a folder; pass the folder that holds one "
+            "sub-folder per class (extract an archive first)."
+        )
+    return path
+
+
+def _scandir_sorted_dirs(path: str, what: str) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """Visible sub-folders and files of `path`, sorted by name; raise DatasetError if unreadable."""
+    try:
+        with os.scandir(path) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+    except PermissionError as exc:
+        raise DatasetError(
+            f"Cannot read the {what} {path} (permission denied); make it readable "
+            f"(e.g. chmod -R u+rX {path}) or pass another folder."
+        ) from exc
+    except OSError as exc:
+        raise DatasetError(f"Cannot read the {what} {path}: {exc.strerror or exc}.") from exc
+    dirs, files = [], []
+    for e in entries:
+        try:
+            (dirs if e.is_dir() else files).append(e)
+        except OSError:
+            files.append(e)
+    dirs.sort(key=lambda e: e.name)
+    files.sort(key=lambda e: e.name)
+    return dirs, files
+
+
+def _dir_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class _Walker:
+    """The recursive scandir walk of the class folders; collects files, sizes and problems."""
+
+    def __init__(self, follow_symlinks: bool, progress: Callable[[int], None] | None):
+        self.follow = follow_symlinks
+        self.progress = progress
+        self.visited: set[tuple[int, int]] = set()
+        self.seen = 0
+        self.next_report = PROGRESS_EVERY
+        self.non_images = 0
+        self.loops = 0
+        self.unreadable_dirs: list[str] = []
+        self.zero_byte: list[str] = []
+        self.broken: list[str] = []
+
+    def walk(self, top: str, files: list[str], sizes: list[int]) -> int:
+        """Append every image under `top` (recursively) to `files`/`sizes`; return how many."""
+        n0 = len(files)
+        exts = IMAGE_EXTENSIONS
+        splitext = os.path.splitext
+        append_file = files.append
+        append_size = sizes.append
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            try:
+                it = os.scandir(d)
+            except OSError as exc:
+                self.unreadable_dirs.append(f"{d} ({exc.strerror or type(exc).__name__})")
+                continue
+            with it:
+                for e in it:
+                    name = e.name
+                    if name[0] == ".":
+                        continue
+                    self.seen += 1
+                    if self.seen >= self.next_report:
+                        self.next_report += PROGRESS_EVERY
+                        if self.progress is not None:
+                            self.progress(self.seen)
+                    try:
+                        is_link = e.is_symlink()
+                        if is_link and not self.follow:
+                            continue
+                        if e.is_dir():
+                            key = _dir_key(e.path)
+                            if key is None or key in self.visited:
+                                self.loops += key is not None
+                                continue
+                            self.visited.add(key)
+                            stack.append(e.path)
+                            continue
+                        if splitext(name)[1].lower() not in exts:
+                            if e.is_file() or not is_link:
+                                self.non_images += 1
+                            elif not os.path.exists(e.path):
+                                self.non_images += 1
+                            continue
+                        st = e.stat()  # follows links: a broken one raises FileNotFoundError
+                    except OSError:
+                        self.broken.append(e.path)
+                        continue
+                    if not stat_mod.S_ISREG(st.st_mode):
+                        self.non_images += 1
+                        continue
+                    if st.st_size == 0:
+                        self.zero_byte.append(e.path)
+                        continue
+                    append_file(e.path)
+                    append_size(st.st_size)
+        return len(files) - n0
+
+
+def _listing(
+    root: str | os.PathLike,
+    follow_symlinks: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> ImageList:
+    path = _check_root(root)
+    top_dirs, top_files = _scandir_sorted_dirs(path, "data set folder")
+    notes: list[str] = []
+
+    splits = [d for d in top_dirs if d.name.lower() in SPLIT_NAMES]
+    # (split, class name, folder) for every class folder
+    class_dirs: list[tuple[str, str, str]] = []
+    loose = sum(1 for f in top_files if os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS)
+    if splits:
+        others = [d.name for d in top_dirs if d.name.lower() not in SPLIT_NAMES]
+        if others:
+            notes.append(
+                f"Split folders found, so {len(others)} other top-level folder(s) are ignored: "
+                f"{', '.join(others[:10])}{' ...' if len(others) > 10 else ''}."
+            )
+        seen_split: dict[str, str] = {}
+        for s in splits:
+            split = SPLIT_NAMES[s.name.lower()]
+            if split in seen_split:
+                raise DatasetError(
+                    f"Both {seen_split[split]}/ and {s.name}/ in {path} name the {split} split; "
+                    "merge or rename one of them."
+                )
+            seen_split[split] = s.name
+            dirs, files = _scandir_sorted_dirs(s.path, "split folder")
+            loose += sum(1 for f in files if os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS)
+            class_dirs += [(split, d.name, d.path) for d in dirs]
+    else:
+        class_dirs = [("", d.name, d.path) for d in top_dirs]
+    if loose:
+        notes.append(
+            f"{loose} image file(s) lie outside any class folder and are ignored; move them into "
+            "a class folder."
+        )
+    if not class_dirs:
+        where = f"{path}/train/CLASS/" if splits else f"{path}/CLASS/"
+        raise DatasetError(
+            f"No class folders in {path}; expected one sub-folder per class with the images in it, "
+            f"like {where}image.jpg."
+        )
+
+    walker = _Walker(follow_symlinks, progress)
+    # Every real folder of the layout is visited up front, so a link into another class is skipped
+    # (each file counts once, for its own class) and a link back up cannot loop.
+    for key in [_dir_key(path)] + [_dir_key(s.path) for s in splits] + [
+        _dir_key(p) for _, _, p in class_dirs
+    ]:
+        if key is not None:
+            walker.visited.add(key)
+
+    files: list[str] = []
+    sizes: list[int] = []
+    names: list[str] = []  # class name per file, filled per class folder
+    split_of: list[str] = []
+    per_split_class: dict[tuple[str, str], int] = {}
+    for split, cname, cpath in class_dirs:
+        n = walker.walk(cpath, files, sizes)
+        names.extend([cname] * n)
+        split_of.extend([split] * n)
+        per_split_class[(split, cname)] = per_split_class.get((split, cname), 0) + n
+    if progress is not None:
+        progress(walker.seen)
+
+    all_names = sorted({c for _, c, _ in class_dirs})
+    counts = dict.fromkeys(all_names, 0)
+    for (_, cname), n in per_split_class.items():
+        counts[cname] += n
+    classes = [c for c in all_names if counts[c] > 0]
+    empty = [c for c in all_names if counts[c] == 0]
+
+    if walker.unreadable_dirs:
+        shown = "; ".join(walker.unreadable_dirs[:5])
+        more = f" and {len(walker.unreadable_dirs) - 5} more" if len(walker.unreadable_dirs) > 5 else ""
+        notes.append(
+            f"{len(walker.unreadable_dirs)} folder(s) could not be read and were skipped: "
+            f"{shown}{more}; fix their permissions to include them."
+        )
+    if not files:
+        exts = " ".join(sorted(IMAGE_EXTENSIONS))
+        extra = f" ({walker.non_images} other file(s) were ignored)" if walker.non_images else ""
+        raise DatasetError(
+            f"The class folders under {path} hold no images{extra}; image files must end in one "
+            f"of {exts}."
+        )
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{path} has only one class with images ({classes[0]!r}); classification needs at least "
+            "two class folders, each with its images."
+        )
+    if empty:
+        notes.append(
+            f"{len(empty)} empty class folder(s) ignored (no images): "
+            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}."
+        )
+    if walker.non_images:
+        notes.append(
+            f"{walker.non_images} file(s) without an image extension were ignored."
+        )
+    if walker.loops:
+        notes.append(
+            f"{walker.loops} linked folder(s) were skipped because they lead to a folder already "
+            "listed (a link loop or a link into another class)."
+        )
+    if splits:
+        present = sorted({s for s, _, _ in class_dirs})
+        for split in present:
+            missing = [c for c in classes if per_split_class.get((split, c), 0) == 0]
+            if missing:
+                notes.append(
+                    f"Split {split!r} has no images of {len(missing)} class(es): "
+                    f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}."
+                )
+
+    # Sort by path: a stable, platform-independent order (and the fingerprint needs it).
+    order = sorted(range(len(files)), key=files.__getitem__)
+    index = {c: i for i, c in enumerate(classes)}
+    return ImageList(
+        root=path,
+        classes=classes,
+        files=[files[i] for i in order],
+        labels=[index[names[i]] for i in order],
+        split=[split_of[i] for i in order],
+        sizes=[sizes[i] for i in order],
+        non_images=walker.non_images,
+        empty_classes=empty,
+        unusable=sorted(walker.zero_byte) + sorted(walker.broken),
+        warnings=notes,
+        files_seen=walker.seen,
+    )
+
+
+def list_images(
+    root: str | os.PathLike,
+    follow_symlinks: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> ImageList:
+    """List the labelled images of a data set folder without opening any of them.
+
+    Args:
+        root: the data set folder: ``root/CLASS/...`` or ``root/{train,val,test}/CLASS/...``.
+        follow_symlinks: follow links to folders and files (each real folder is visited once, so a
+            link loop ends); when False, every link is skipped.
+        progress: called as ``progress(files_seen)`` every 10,000 files and once at the end.
+
+    Returns:
+        ImageList with absolute, sorted file paths, their labels and splits. Empty class folders
+        are left out of `classes`; zero-byte files and broken links are left out of `files`.
+
+    Raises:
+        DatasetError: root missing, not a folder or unreadable; no class folders; no images; fewer
+            than two classes with images.
+    """
+    return _listing(root, follow_symlinks, progress)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sample
+
+
+def _stratified_sample(labels: np.ndarray, n_classes: int, sample: int, seed: int) -> np.ndarray:
+    """Indices of a random sample of at most `sample` files, spread over the classes by size."""
+    n = len(labels)
+    if sample <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if sample >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels, minlength=n_classes)
+    exact = sample * counts / n
+    quota = np.floor(exact).astype(np.int64)
+    if sample >= n_classes:  # every class is seen at least once
+        quota = np.maximum(quota, 1)
+    quota = np.minimum(quota, counts)
+    left = sample - int(quota.sum())
+    if left > 0:  # largest remainders first, among classes with files to spare
+        rest = np.argsort(-(exact - np.floor(exact)), kind="stable")
+        for c in rest:
+            if left == 0:
+                break
+            if quota[c] < counts[c]:
+                quota[c] += 1
+                left -= 1
+    elif left < 0:  # more classes than the sample: a random subset of classes, one file each
+        keep = rng.choice(np.flatnonzero(quota), size=sample, replace=False)
+        quota = np.zeros_like(quota)
+        quota[keep] = 1
+    by_class = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    picked = [
+        rng.choice(by_class[starts[c] : starts[c + 1]], size=int(quota[c]), replace=False)
+        for c in range(n_classes)
+        if quota[c] > 0
+    ]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def _probe(path: str) -> tuple[str, int, int]:
+    """Mode and size of one image; raises if it cannot be decoded.
+
+    JPEGs are decoded at 1/8 scale (reads the whole stream, catches truncation), PNGs are
+    CRC-checked with `verify`, other formats are decoded fully when not huge.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = im.mode
+        width, height = im.size
+        fmt = im.format
+        if fmt == "JPEG":
+            im.draft(mode, (max(1, width // 8), max(1, height // 8)))
+            im.load()
+        elif fmt == "PNG" or width * height > _FULL_DECODE_PIXELS:
+            im.verify()
+        else:
+            im.load()
+    return mode, width, height
+
+
+def _read_sample(paths: list[str]) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    from PIL import Image, ImageFile
+
+    good: list[tuple[str, int, int]] = []
+    bad: list[tuple[str, str]] = []
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is corrupt here, whatever else set
+    try:
+        with py_warnings.catch_warnings():
+            py_warnings.simplefilter("ignore")  # EXIF noise, decompression-bomb warnings ...
+            for p in paths:
+                try:
+                    good.append(_probe(p))
+                except Image.DecompressionBombError as exc:
+                    bad.append((p, f"too large to decode safely ({exc})"))
+                except Exception as exc:  # noqa: BLE001 - any decoder failure means corrupt
+                    bad.append((p, f"{type(exc).__name__}: {exc}"))
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+    return good, bad
+
+
+def _fingerprint(listing: ImageList) -> str:
+    """sha256 over ``relative/path<TAB>size<LF>`` for every image file, sorted by path."""
+    h = hashlib.sha256()
+    cut = len(listing.root) + 1
+    sep = os.sep
+    files, sizes = listing.files, listing.sizes
+    step = 50_000
+    for i in range(0, len(files), step):
+        chunk = [
+            f"{(f[cut:] if sep == '/' else f[cut:].replace(sep, '/'))}\t{s}\n"
+            for f, s in zip(files[i : i + step], sizes[i : i + step])
+        ]
+        h.update("".join(chunk).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def scan(
+    root: str | os.PathLike,
+    sample: int = 2000,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> DatasetFacts:
+    """Count a data set folder and read a sample of its images.
+
+    Args:
+        root: the data set folder: ``root/CLASS/...`` or ``root/{train,val,test}/CLASS/...``.
+        sample: at most this many images have their headers read (stratified by class, at least one
+            per class when `sample` >= the number of classes); 0 reads none.
+        seed: seed of the random sample.
+        progress: called as ``progress(files_seen)`` every 10,000 files of the listing.
+
+    Returns:
+        DatasetFacts: counts over every file, pixel facts over the sample, warnings.
+
+    Raises:
+        DatasetError: root missing, not a folder or unreadable; no class folders; no images; fewer
+            than two classes with images.
+    """
+    t0 = time.perf_counter()
+    listing = _listing(root, True, progress)
+    notes = list(listing.warnings)
+    classes = listing.classes
+    labels = np.asarray(listing.labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(classes))
+    per_class = {c: int(n) for c, n in zip(classes, counts)}
+
+    idx = _stratified_sample(labels, len(classes), sample, seed)
+    good, bad = _read_sample([listing.files[i] for i in idx])
+
+    channels: dict[str, int] = {}
+    for mode, _, _ in good:
+        channels[mode] = channels.get(mode, 0) + 1
+    gray = sum(n for m, n in channels.items() if m in GRAYSCALE_MODES)
+    widths = [w for _, w, _ in good]
+    heights = [h for _, _, h in good]
+
+    corrupt_paths = list(listing.unusable) + [p for p, _ in bad]
+    if listing.unusable:
+        notes.append(
+            f"{len(listing.unusable)} zero-byte or unreadable image file(s) (e.g. broken links) were "
+            f"left out, e.g. {listing.unusable[0]}; delete or replace them."
+        )
+    if bad:
+        rate = len(bad) / len(idx)
+        notes.append(
+            f"{len(bad)} of {len(idx)} sampled images could not be decoded ({rate:.1%}), e.g. "
+            f"{bad[0][0]} ({bad[0][1]}); expect about {round(rate * len(listing.files))} corrupt "
+            "files in all; delete or re-encode them."
+        )
+    small = [c for c in classes if per_class[c] < SMALL_CLASS]
+    if small:
+        notes.append(
+            f"{len(small)} class(es) have fewer than {SMALL_CLASS} images: "
+            f"{', '.join(small[:10])}{' ...' if len(small) > 10 else ''}; collect more or merge them."
+        )
+
+    splits: dict[str, int] = {}
+    if any(listing.split):
+        for s in listing.split:
+            splits[s] = splits.get(s, 0) + 1
+        splits = {k: splits[k] for k in ("train", "val", "test") if k in splits}
+
+    cmin, cmax = int(counts.min()), int(counts.max())
+    return DatasetFacts(
+        root=listing.root,
+        images=len(listing.files),
+        classes=len(classes),
+        class_names=list(classes),
+        per_class=per_class,
+        images_per_class_min=cmin,
+        images_per_class_median=float(statistics.median(counts.tolist())),
+        imbalance_ratio=float(cmax / max(cmin, 1)),
+        grayscale_fraction=float(gray / len(good)) if good else 0.0,
+        median_width=int(statistics.median(widths)) if widths else 0,
+        median_height=int(statistics.median(heights)) if heights else 0,
+        channels=dict(sorted(channels.items(), key=lambda kv: (-kv[1], kv[0]))),
+        sampled=len(idx),
+        corrupt_files=len(corrupt_paths),
+        corrupt=corrupt_paths[:MAX_LISTED],
+        non_images=listing.non_images,
+        splits=splits,
+        empty_classes=list(listing.empty_classes),
+        fingerprint=_fingerprint(listing),
+        warnings=notes,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DatasetFacts",
+    "ImageList",
+    "list_images",
+    "scan",
+    "math",
+]

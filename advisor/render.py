@@ -1,0 +1,162 @@
+"""Rich renderings of advice: the data set, the facts, the decision with its trace, the plan, and the
+rule table. Pure presentation: every function takes the dataclasses and returns a renderable."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from advisor.facts import FACTS
+from advisor.rules import Decision, RuleTable
+
+
+def _v(value) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def dataset_table(ds, limit: int = 20) -> Table:
+    """Classes with their image counts (the largest `limit`), splits and warnings in the caption."""
+    t = Table(title=f"Data set {ds.root}", title_justify="left")
+    t.add_column("class")
+    t.add_column("images", justify="right")
+    items = sorted(ds.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
+    for name, n in items[:limit]:
+        t.add_row(name, str(n))
+    if len(items) > limit:
+        t.add_row(f"... {len(items) - limit} more", "")
+    caption = [f"{ds.images} images, {ds.classes} classes"]
+    if ds.splits:
+        caption.append("splits: " + ", ".join(f"{k} {v}" for k, v in ds.splits.items()))
+    if ds.non_images:
+        caption.append(f"{ds.non_images} non-image files ignored")
+    if ds.corrupt_files:
+        caption.append(f"{ds.corrupt_files} corrupt files")
+    t.caption = "; ".join(caption)
+    return t
+
+
+def facts_table(facts: dict) -> Table:
+    """Every registered fact with its value, unit and source."""
+    t = Table(title="Facts", title_justify="left")
+    for col in ("fact", "value", "unit", "from"):
+        t.add_column(col, justify="right" if col == "value" else "left")
+    for name, spec in FACTS.items():
+        value = facts.get(name)
+        t.add_row(name, Text(_v(value), style="dim" if value is None else ""), spec.unit, spec.source)
+    return t
+
+
+def decision_panel(decision: Decision, plan=None) -> Panel:
+    """The winner, its reason, the runner-up and the modifiers."""
+    lines = Text()
+    case = f"case {decision.case}" if decision.case else "none of the four cases"
+    lines.append(f"{decision.strategy}", style="bold green")
+    lines.append(f"  ({case}; rule '{decision.rule}', hit policy {decision.hit_policy})\n")
+    lines.append(decision.reason + "\n")
+    if plan is not None and plan.decision.expected_cost:
+        cost = plan.decision.expected_cost["base_forward_passes"]
+        lines.append(f"Expected cost: {cost:,} base forward passes", style="dim")
+        if plan.decision.runner_up:
+            rc = plan.decision.runner_up_cost.get("base_forward_passes", 0)
+            lines.append(f"; runner-up {plan.decision.runner_up}: {rc:,}", style="dim")
+        lines.append("\n")
+    elif decision.runner_up:
+        lines.append(f"Runner-up: {decision.runner_up}\n", style="dim")
+    if decision.also_matched:
+        lines.append("Also matched (lower priority): " + ", ".join(decision.also_matched) + "\n", style="dim")
+    for name, why in decision.modifier_rules:
+        lines.append(f"+ {name}: ", style="bold cyan")
+        lines.append(why + "\n")
+    return Panel(lines, title="Decision", title_align="left")
+
+
+def trace_table(decision: Decision) -> Table:
+    """Every rule, every condition with its actual value and pass/fail, and the outcome."""
+    t = Table(title="Why: every rule, in order", title_justify="left")
+    t.add_column("table")
+    t.add_column("rule")
+    t.add_column("line", justify="right")
+    t.add_column("conditions (actual value)")
+    t.add_column("result")
+    near = {m["rule"] for m in decision.near_misses}
+    for rt in decision.trace:
+        conds = Text()
+        for i, c in enumerate(rt.conditions):
+            if i:
+                conds.append("\n")
+            conds.append("✓ " if c.passed else "✗ ", style="green" if c.passed else "red")
+            conds.append(f"{c.text} [{_v(c.actual)}]")
+        if not rt.conditions:
+            conds.append("(always)")
+        if rt.table == "strategy" and rt.name == decision.rule:
+            result = Text("WINS", style="bold green")
+        elif rt.matched:
+            result = Text("matched" if rt.table == "strategy" else "applied", style="green")
+        elif rt.name in near:
+            result = Text("near miss", style="yellow")
+        else:
+            result = Text("no", style="dim")
+        t.add_row(rt.table, rt.name, str(rt.line), conds, result)
+    return t
+
+
+def plan_panel(plan, path: str | None = None) -> Panel:
+    """The surgery, the phases and the data settings of a plan."""
+    s, d = plan.surgery, plan.data
+    head = s.head
+    lines = Text()
+    lines.append(f"model      {plan.model.source} (weights {plan.model.weights})\n")
+    lines.append(f"cut        {s.cut or 'at the classifier (keep the whole base)'}\n")
+    hidden = f", hidden {head.hidden}" if head.hidden else ""
+    lines.append(f"head       {head.pooling} pooling, dropout {head.dropout}{hidden}, {head.classes} classes "
+                 f"({head.activation})\n")
+    lines.append(f"batchnorm  {s.bn}\n")
+    lines.append(f"data       {d.input_size[0]}x{d.input_size[1]}x{d.channels}, channels {d.channel_mode}, "
+                 f"val {d.validation_split}, test {d.test_split}, batch {d.batch_size}, "
+                 f"augmentation {d.augmentation or 'none'}\n")
+    lines.append(f"training   class weights {plan.training.class_weights}"
+                 + (f", scratch trial {plan.training.fallback.scratch_trial_epochs} epochs"
+                    if plan.training.fallback else "") + "\n")
+    t = Table(box=None, padding=(0, 2))
+    for col in ("phase", "trainable", "epochs", "optimizer", "lr", "backbone lr", "patience"):
+        t.add_column(col)
+    for p in plan.training.phases:
+        t.add_row(p.name, p.trainable, str(p.epochs), p.optimizer, f"{p.learning_rate:g}",
+                  _v(p.backbone_learning_rate), _v(p.early_stopping_patience))
+    title = f"Plan{f' → {path}' if path else ''}"
+    return Panel(Group(lines, t), title=title, title_align="left")
+
+
+def rules_table(table: RuleTable) -> Group:
+    """`rules show`: thresholds, the strategy table, the modifiers."""
+    th = Table(title=f"Thresholds ({table.source}, rules_version {table.version})", title_justify="left")
+    for col in ("name", "value", "meaning"):
+        th.add_column(col)
+    for t in table.thresholds.values():
+        th.add_row(t.name, _v(t.value) + (" (--set)" if t.name in table.overrides else ""), t.doc)
+    st = Table(title=f"Strategy table (hit policy: {table.hit_policy})", title_justify="left")
+    for col in ("#", "rule", "when", "strategy", "case", "runner-up"):
+        st.add_column(col)
+    for i, r in enumerate(table.strategy_rules, 1):
+        st.add_row(str(i), r.name, "\n".join(c.text() for c in r.conditions) or "(always)",
+                   r.then["strategy"], str(r.then["case"]), _v(r.then.get("runner_up")))
+    mt = Table(title="Modifiers (all that match apply)", title_justify="left")
+    for col in ("rule", "when", "then"):
+        mt.add_column(col)
+    for r in table.modifier_rules:
+        mt.add_row(r.name, "\n".join(c.text() for c in r.conditions) or "(always)",
+                   ", ".join(f"{k}={v}" for k, v in r.then.items()))
+    sg = Table(title="Strategies", title_justify="left")
+    for col in ("strategy", "cut", "phases", "what it does"):
+        sg.add_column(col)
+    for name, spec in table.strategies.items():
+        phases = "; ".join(f"{p['name']}: {p['trainable']} x{p['epochs']} @ {p['learning_rate']:g}"
+                           for p in spec["phases"])
+        sg.add_row(name, spec["cut"], phases, spec.get("doc", ""))
+    return Group(th, st, mt, sg)

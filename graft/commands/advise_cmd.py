@@ -1,0 +1,108 @@
+"""`python cli.py advise DATASET`: facts, the decision with its trace, and `plan.yaml`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from graft.errors import InputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "advise",
+        help="scan a data set, decide how to transfer a network to it, write plan.yaml",
+        description="Scan a class-per-folder image data set, measure how the pretrained network sees it "
+        "(with --model), run the rule table and write a plan that `apply` executes.",
+    )
+    p.add_argument("dataset", help="folder with one sub-folder per class (optionally inside train/ val/ test/)")
+    p.add_argument("--model", help="a .keras/.h5 file or a keras.applications name; enables measured similarity")
+    p.add_argument("--weights", default=None,
+                   help="for a keras.applications name: imagenet (default; downloads), none, or a weights file")
+    p.add_argument("--rules", help="rules file (default: the rules.yaml shipped with graft)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a rules threshold, e.g. --set small_dataset=5000 (repeatable)")
+    p.add_argument("--similarity", type=float, default=None, metavar="X",
+                   help="state the similarity to the pretraining data (0..1) instead of measuring it")
+    p.add_argument("--reference", help="folder of source-domain images or a .npz profile for the similarity")
+    p.add_argument("--no-measure", action="store_true", help="do not embed the data even when --model is given")
+    p.add_argument("--out", default="plan.yaml", help="where to write the plan (default plan.yaml)")
+    p.add_argument("--run-dir", help="run directory the plan names for apply (default runs/DATASET-STRATEGY)")
+    p.add_argument("--plot", metavar="PNG", help="also draw the per-depth profile to this PNG")
+    p.add_argument("--unsafe", action="store_true", help="load a model file with safe_mode=False (trusted files only)")
+    p.add_argument("--json", action="store_true", help="print facts, decision, trace and plan as JSON")
+    p.set_defaults(func=run)
+
+
+def _check_out(out: Path, args) -> None:
+    protected = [Path(args.dataset)] + [Path(x) for x in (args.model, args.rules, args.reference) if x]
+    for path in protected:
+        try:
+            if path.exists() and out.resolve() == path.resolve():
+                raise InputError(f"--out {out} is one of the inputs; choose another file for the plan")
+        except OSError:
+            continue
+    if out.exists() and out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'plan.yaml'}")
+
+
+def run(args) -> int:
+    from advisor.advise import advise
+    from advisor.plan import save_plan
+    from advisor.render import dataset_table, decision_panel, facts_table, plan_panel, trace_table
+    from advisor.rules import parse_overrides
+
+    out = Path(args.out)
+    _check_out(out, args)
+    if args.similarity is not None and not 0 <= args.similarity <= 1:
+        raise InputError(f"--similarity {args.similarity}: must be between 0 and 1")
+    err = Console(stderr=True)
+    overrides = parse_overrides(args.overrides)
+    status = err.status("Scanning the data set…") if not args.json and err.is_terminal else None
+
+    def progress(stage: str, count: int) -> None:
+        if status is not None:
+            status.update(f"Scanning the data set… {count:,} files" if stage == "scan"
+                          else "Embedding a sample under the model…")
+        elif stage == "measure" and not args.json:
+            print("Embedding a sample under the model…", file=sys.stderr)
+
+    if status is not None:
+        status.start()
+    try:
+        advice = advise(args.dataset, model=args.model, rules=args.rules, overrides=overrides,
+                        similarity=args.similarity, weights=args.weights, measure=not args.no_measure,
+                        reference=args.reference, out_dir=args.run_dir, safe_mode=not args.unsafe,
+                        progress=progress)
+    finally:
+        if status is not None:
+            status.stop()
+    save_plan(advice.plan, out)
+    if args.plot and advice.embedding is not None:
+        from advisor.profile_chart import plot_profile
+
+        plot_profile(advice.embedding, args.plot)
+    if args.json:
+        data = advice.to_dict()
+        data["plan_file"] = str(out)
+        print(json.dumps(data, indent=1, default=str))
+        return 0
+    console = Console()
+    console.print(dataset_table(advice.dataset))
+    console.print(facts_table(advice.facts))
+    if advice.embedding is not None:
+        from advisor.profile_chart import ProfileChart
+
+        console.print(ProfileChart(advice.embedding))
+    console.print(decision_panel(advice.decision, advice.plan))
+    console.print(trace_table(advice.decision))
+    console.print(plan_panel(advice.plan, str(out)))
+    for note in advice.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if args.plot and advice.embedding is None:
+        console.print("[yellow]note:[/] --plot needs --model (there is no per-depth profile without one)")
+    console.print(f"Plan written to [bold]{out}[/]. Run it with: python cli.py apply {out}")
+    return 0
