@@ -13,6 +13,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
 
+from graft.quiet import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
 from graft.commands import COMMANDS  # noqa: E402
 from graft.errors import GraftError  # noqa: E402
 

@@ -19,10 +19,9 @@ folders, unreadable sub-folders, corrupt files, ignored files, tiny classes) end
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import statistics
 import stat as stat_mod
+import statistics
 import time
 import warnings as py_warnings
 from collections.abc import Callable
@@ -32,7 +31,18 @@ import numpy as np
 
 from graft.errors import DatasetError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+}
 
 #: Split folder names (lower case) and the split they stand for.
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
@@ -252,10 +262,7 @@ class _Walker:
                             stack.append(e.path)
                             continue
                         if splitext(name)[1].lower() not in exts:
-                            if e.is_file() or not is_link:
-                                self.non_images += 1
-                            elif not os.path.exists(e.path):
-                                self.non_images += 1
+                            self.non_images += 1
                             continue
                         st = e.stat()  # follows links: a broken one raises FileNotFoundError
                     except OSError:
@@ -302,7 +309,9 @@ def _listing(
                 )
             seen_split[split] = s.name
             dirs, files = _scandir_sorted_dirs(s.path, "split folder")
-            loose += sum(1 for f in files if os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS)
+            loose += sum(
+                1 for f in files if os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS
+            )
             class_dirs += [(split, d.name, d.path) for d in dirs]
     else:
         class_dirs = [("", d.name, d.path) for d in top_dirs]
@@ -321,9 +330,11 @@ def _listing(
     walker = _Walker(follow_symlinks, progress)
     # Every real folder of the layout is visited up front, so a link into another class is skipped
     # (each file counts once, for its own class) and a link back up cannot loop.
-    for key in [_dir_key(path)] + [_dir_key(s.path) for s in splits] + [
-        _dir_key(p) for _, _, p in class_dirs
-    ]:
+    for key in (
+        [_dir_key(path)]
+        + [_dir_key(s.path) for s in splits]
+        + [_dir_key(p) for _, _, p in class_dirs]
+    ):
         if key is not None:
             walker.visited.add(key)
 
@@ -349,7 +360,11 @@ def _listing(
 
     if walker.unreadable_dirs:
         shown = "; ".join(walker.unreadable_dirs[:5])
-        more = f" and {len(walker.unreadable_dirs) - 5} more" if len(walker.unreadable_dirs) > 5 else ""
+        more = (
+            f" and {len(walker.unreadable_dirs) - 5} more"
+            if len(walker.unreadable_dirs) > 5
+            else ""
+        )
         notes.append(
             f"{len(walker.unreadable_dirs)} folder(s) could not be read and were skipped: "
             f"{shown}{more}; fix their permissions to include them."
@@ -372,9 +387,7 @@ def _listing(
             f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}."
         )
     if walker.non_images:
-        notes.append(
-            f"{walker.non_images} file(s) without an image extension were ignored."
-        )
+        notes.append(f"{walker.non_images} file(s) without an image extension were ignored.")
     if walker.loops:
         notes.append(
             f"{walker.loops} linked folder(s) were skipped because they lead to a folder already "
@@ -631,5 +644,4 @@ __all__ = [
     "ImageList",
     "list_images",
     "scan",
-    "math",
 ]

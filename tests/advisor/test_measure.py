@@ -25,7 +25,7 @@ def facts():
 def test_facts_are_in_range_and_named_as_the_design_says(facts):
     f = facts.facts()
     assert 0.0 <= f["similarity"] <= 1.0 and f["similarity_method"] == "bn_stats"
-    assert 0.0 < f["similarity_uncertainty"] < 0.2
+    assert 0.0 <= f["similarity_uncertainty"] < 0.2  # 0 when the logistic saturates
     assert f["similarity_sample"] == 60
     assert 0.0 < f["best_cut_depth"] <= 1.0
     assert f["best_cut_layer"] in {"block1_pool", "block2_pool", "block3_relu2"}
