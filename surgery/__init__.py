@@ -11,6 +11,7 @@ from surgery.graph import CallNode, CutPoint, LayerGraph, cut_points, layer_grap
 from surgery.head import HeadInfo, HeadSpec, attach_head, find_head, replace_head
 from surgery.load import application_names, load_model
 from surgery.reinit import reinitialize
+from surgery.runner import RunResult, run
 
 __all__ = [
     "BN_POLICIES",
@@ -29,6 +30,8 @@ __all__ = [
     "layer_graph",
     "load_model",
     "reinitialize",
+    "RunResult",
+    "run",
     "replace_head",
     "replace_layer",
     "select",

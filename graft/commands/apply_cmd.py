@@ -1,0 +1,103 @@
+"""`python cli.py apply PLAN`: surgery, training, evaluation and the run directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="run a plan: surgery, training phases, evaluation, report",
+        description="Load the model a plan names, do its surgery, train its phases on the data set, "
+        "evaluate, and write model.keras, metrics.json, history.csv, plots and report.html to the run "
+        "directory.",
+    )
+    p.add_argument("plan", help="a plan file written by `advise` (and edited as you like)")
+    p.add_argument("--out", help="run directory (default: the plan's outputs.dir)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in the run directory from its last completed epoch")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan and the edited model; train and write nothing")
+    p.add_argument("--unsafe", action="store_true", help="load a model file with safe_mode=False (trusted files only)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+class _ConsoleReporter:
+    """Per-epoch lines on stderr (plain when not a terminal; rich markup when it is)."""
+
+    def __init__(self, quiet: bool):
+        self.console = Console(stderr=True, highlight=False)
+        self.quiet = quiet
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]{text}[/]")
+
+    def epoch(self, phase: str, epoch: int, epochs: int, logs: dict, seconds: float) -> None:
+        if self.quiet:
+            return
+        parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
+        self.console.print(f"[bold]{phase}[/] epoch {epoch}/{epochs}  " + "  ".join(parts) + f"  ({seconds:.1f} s)")
+
+
+def _phase_table(result) -> Table:
+    t = Table(title="Phases")
+    for col in ("phase", "trains", "epochs", "lr", "backbone lr", "trainable params", "frozen params",
+                "bottleneck", "images/s"):
+        t.add_column(col, justify="right" if col not in ("phase", "trains") else "left")
+    for p in result.phases:
+        run = f"{p.epochs_run}/{p.epochs}" if not result.dry_run else str(p.epochs)
+        if p.stopped_early:
+            run += " (early stop)"
+        t.add_row(p.name, p.trainable, run, f"{p.learning_rate:g}",
+                  "-" if p.backbone_learning_rate is None else f"{p.backbone_learning_rate:g}",
+                  f"{p.trainable_params:,}", f"{p.frozen_params:,}", "yes" if p.bottleneck else "no",
+                  f"{p.images_per_second:,.0f}" if p.images_per_second else "-")
+    return t
+
+
+def run(args) -> int:
+    from advisor.plan import dump_plan, load_plan
+    from surgery.runner import run as run_plan
+
+    plan = load_plan(args.plan)
+    reporter = _ConsoleReporter(quiet=args.json)
+    result = run_plan(plan, out_dir=args.out, resume=args.resume, dry_run=args.dry_run,
+                      safe_mode=False if args.unsafe else None, reporter=reporter)
+    if args.json:
+        out = {"run_dir": str(result.run_dir), "model": str(result.model_path) if result.model_path else None,
+               "dry_run": result.dry_run, "resumed": result.resumed, "splits": result.splits,
+               "phases": [p.__dict__ for p in result.phases], "metrics": result.metrics,
+               "epochs": len(result.history), "fallback": result.fallback, "timings": result.timings,
+               "notes": result.notes}
+        print(json.dumps(out, indent=1, default=str))
+        return 0
+    console = Console()
+    if result.dry_run:
+        console.rule("Resolved plan")
+        console.print(dump_plan(plan), markup=False, highlight=False)
+        console.rule("Edited model")
+        console.print(result.summary, markup=False, highlight=False)
+        console.print(f"data: {result.splits['train']} train, {result.splits['val']} validation, "
+                      f"{result.splits['test']} test images")
+        console.print(_phase_table(result))
+        console.print("Dry run: nothing was trained or written.")
+        return 0
+    console.print(_phase_table(result))
+    if result.fallback:
+        console.print(f"fallback trial: {result.fallback['reason']}")
+    m = result.metrics
+    console.print(f"{m.get('split', 'test')} accuracy [bold]{m.get('accuracy', 0):.3f}[/], balanced accuracy "
+                  f"{m.get('balanced_accuracy', 0):.3f} on {m.get('n_samples', 0)} images")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"Run directory: [bold]{result.run_dir}[/] (model.keras, metrics.json, history.csv, "
+                  "curves.png, confusion.png, report.html)")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,235 @@
+"""From a plan to the model `apply` trains: load, preprocessing, surgery, and trainable regions.
+
+`prepare_model(plan)` loads the network the plan names, puts the preprocessing a `keras.applications`
+family expects in front of it (as built-in layers, so the saved model loads in safe mode), cuts it
+where the plan says, attaches the new head (layers named `head_*`) and reinitializes what the plan
+lists. `set_phase_trainable` then marks, in place, which layers a training phase updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from graft.errors import InputError, PlanError
+from surgery.graph import LayerGraph, layer_graph
+from surgery.head import find_head, replace_head
+from surgery.load import MODEL_SUFFIXES, load_model
+from surgery.locate import locate, nearest_cut_by_depth
+from surgery.reinit import reinitialize
+
+#: keras.applications families whose preprocessing sits outside the model, and its mode.
+_MODES = {
+    "resnet50v2": "tf", "resnet101v2": "tf", "resnet152v2": "tf",
+    "resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+    "mobilenetv2": "tf", "mobilenet": "tf", "densenet": "torch",
+    "inception_v3": "tf", "inception_resnet_v2": "tf", "xception": "tf", "nasnet": "tf",
+}
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype="float32")
+#: Fraction of the depth that stays frozen for each depth-named trainable region.
+DEPTH_REGIONS = {"top_third": 2 / 3, "top_half": 1 / 2}
+
+
+@dataclass
+class Prepared:
+    """The edited model and what `apply` needs to know about it.
+
+    Attributes:
+        model: the full model (backbone + new head), single input and output.
+        head: call ids of the new head's layers, in order.
+        features: call id of the backbone's last layer (what feeds the head).
+        preprocessing: how raw 0..255 pixels become the backbone's input (words, for the report).
+        notes: things the report should mention (e.g. layers reinitialized).
+    """
+
+    model: keras.Model
+    head: list[str]
+    features: str
+    preprocessing: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def graph(self) -> LayerGraph:
+        return layer_graph(self.model)
+
+
+def _preprocessing_mode(model: keras.Model) -> str | None:
+    from advisor.preprocessing import model_preprocessing
+
+    found = model_preprocessing(model).name
+    if not found.startswith("keras.applications."):
+        return None
+    name = model.name.lower()
+    for prefix in sorted(_MODES, key=len, reverse=True):
+        if name.startswith(prefix):
+            return _MODES[prefix]
+    return None
+
+
+def _preprocessing_layers(mode: str) -> list[keras.layers.Layer]:
+    """Built-in layers equal to `keras.applications.<family>.preprocess_input` for `mode`."""
+    if mode == "tf":  # [0, 255] -> [-1, 1]
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="graft_preprocess")]
+    if mode == "torch":  # [0, 1], then ImageNet mean/std
+        return [keras.layers.Rescaling(1 / 255.0, name="graft_preprocess_scale"),
+                keras.layers.Normalization(mean=_IMAGENET_MEAN, variance=_IMAGENET_STD ** 2,
+                                           name="graft_preprocess")]
+    # caffe: RGB -> BGR, minus the ImageNet mean; a frozen 1x1 convolution does both exactly.
+    conv = keras.layers.Conv2D(3, 1, name="graft_preprocess", trainable=False)
+    conv.build((None, None, None, 3))
+    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+    for out, src in enumerate((2, 1, 0)):
+        kernel[0, 0, src, out] = 1.0
+    conv.set_weights([kernel, -_CAFFE_MEAN_BGR])
+    return [conv]
+
+
+def with_preprocessing(model: keras.Model) -> tuple[keras.Model, str]:
+    """The model with its family's preprocessing in front, when it lives outside the model.
+
+    Returns:
+        (model, description). Models that carry their own preprocessing (a Rescaling or
+        Normalization layer) come back unchanged.
+    """
+    mode = _preprocessing_mode(model)
+    if mode is None:
+        from advisor.preprocessing import model_preprocessing
+
+        return model, model_preprocessing(model).name
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    x = inputs
+    for layer in _preprocessing_layers(mode):
+        layer.trainable = False
+        x = layer(x)
+    wrapped = keras.Model(inputs, model(x), name=f"{model.name}_preprocessed")
+    return wrapped, f"graft_preprocess layers ({mode} mode, as keras.applications preprocess_input)"
+
+
+def _is_file(source: str) -> bool:
+    return Path(source).suffix.lower() in MODEL_SUFFIXES or Path(source).exists()
+
+
+def load_backbone(plan, safe_mode: bool | None = None) -> keras.Model:
+    """Load the plan's model: a file, or a keras.applications name built for the plan's input."""
+    source = plan.model.source
+    safe = plan.model.safe_mode if safe_mode is None else safe_mode
+    if _is_file(source):
+        return load_model(source, safe_mode=safe)
+    size = plan.model.input_size or plan.data.input_size
+    return load_model(source, weights=plan.model.weights, safe_mode=safe,
+                      input_shape=(int(size[0]), int(size[1]), int(plan.data.channels)))
+
+
+def _check_input(model: keras.Model, plan) -> None:
+    shape = model.input_shape
+    if isinstance(shape, list):
+        raise InputError(f"model {model.name!r} has {len(shape)} inputs; apply trains single-input image models.")
+    h, w, c = shape[1:4] if len(shape) == 4 else (None, None, None)
+    if len(shape) != 4:
+        raise InputError(f"model {model.name!r} takes inputs of shape {shape}; apply needs images (batch, h, w, c).")
+    want = tuple(plan.data.input_size)
+    if (h, w) != (None, None) and (h, w) != want:
+        raise PlanError(f"data.input_size is {list(want)} but model {model.name!r} takes {h}x{w} images; "
+                        f"set data.input_size: [{h}, {w}] in the plan.")
+    if c is not None and c != plan.data.channels:
+        raise PlanError(f"data.channels is {plan.data.channels} but model {model.name!r} takes {c} channels; "
+                        f"set data.channels: {c} in the plan.")
+
+
+def prepare_model(plan, safe_mode: bool | None = None, backbone: keras.Model | None = None) -> Prepared:
+    """Load the model the plan names and do its surgery.
+
+    Args:
+        plan: an `advisor.plan.Plan`.
+        safe_mode: override `plan.model.safe_mode`.
+        backbone: an already loaded model to use instead of loading `plan.model.source`.
+
+    Returns:
+        `Prepared`: the model with preprocessing, cut and new head, and the head's layer ids.
+
+    Raises:
+        ModelLoadError, InvalidCutError, LayerNotFoundError, PlanError: the plan does not fit the model.
+    """
+    model = backbone if backbone is not None else load_backbone(plan, safe_mode)
+    _check_input(model, plan)
+    notes: list[str] = []
+    if plan.data.preprocessing == "model":
+        model, pre = with_preprocessing(model)
+    else:
+        pre = "none (the plan says data.preprocessing: none; raw 0..255 pixels)"
+    head = plan.surgery.head
+    model = replace_head(model, classes=head.classes, pooling=head.pooling, hidden=head.hidden,
+                         dropout=head.dropout, activation=head.activation, at=plan.surgery.cut)
+    if plan.surgery.reinitialize:
+        model = reinitialize(model, layers=plan.surgery.reinitialize, seed=plan.data.seed)
+        notes.append(f"reinitialized: {', '.join(plan.surgery.reinitialize)}")
+    info = find_head(model)
+    return Prepared(model=model, head=list(info.layers), features=info.features.name, preprocessing=pre,
+                    notes=notes)
+
+
+def scratch(prepared: Prepared, seed: int = 0) -> Prepared:
+    """The same architecture with every backbone layer reinitialized (training from scratch)."""
+    graph = layer_graph(prepared.model)
+    backbone = [cid for cid in graph.order if cid not in prepared.head and graph.calls[cid].is_layer
+                and not graph.calls[cid].name.startswith("graft_preprocess")
+                and graph.calls[cid].op.weights]
+    model = reinitialize(prepared.model, layers=backbone, seed=seed) if backbone else prepared.model
+    info = find_head(model)
+    return Prepared(model=model, head=list(info.layers), features=info.features.name,
+                    preprocessing=prepared.preprocessing, notes=prepared.notes + ["backbone reinitialized (scratch)"])
+
+
+def trainable_region(graph: LayerGraph, head: list[str], trainable: str) -> set[str]:
+    """Call ids of the backbone layers a phase trains (the head always trains).
+
+    `head`: none; `all` and `from_cut`: every backbone layer (after a cut, the backbone is what was
+    kept); `top_third` / `top_half`: the layers after the cut point nearest to 2/3 / 1/2 of the
+    depth; `from:LAYER`: the layers after LAYER.
+    """
+    layers = [cid for cid in graph.order if graph.calls[cid].is_layer and cid not in head
+              and not graph.calls[cid].name.startswith("graft_preprocess")]
+    if trainable == "head":
+        return set()
+    if trainable in ("all", "from_cut"):
+        return set(layers)
+    if trainable in DEPTH_REGIONS:
+        below = graph.ancestors([nearest_cut_by_depth(graph, DEPTH_REGIONS[trainable]).name])
+    elif trainable.startswith("from:"):
+        below = graph.ancestors([locate(graph, trainable[5:])])
+    else:
+        raise PlanError(f"trainable is {trainable!r}; expected head, all, top_third, top_half, from_cut or from:LAYER")
+    return set(layers) - below
+
+
+def set_phase_trainable(prepared: Prepared, trainable: str, bn: str) -> dict[str, int]:
+    """Mark, in place, what a phase trains; returns counts for the report.
+
+    BatchNormalization follows `bn`: `freeze` keeps every BN layer frozen (inference mode, its
+    statistics fixed), `follow` lets BN layers in the trainable region train, `train` makes every
+    backbone BN layer train outside head-only phases.
+    """
+    model = prepared.model
+    graph = layer_graph(model)
+    region = trainable_region(graph, prepared.head, trainable)
+    model.trainable = True  # containers on; each layer below decides for itself
+    counts = {"trainable_layers": 0, "frozen_layers": 0}
+    for cid in graph.order:
+        call = graph.calls[cid]
+        if not call.is_layer:
+            continue
+        layer = call.op
+        on = cid in prepared.head or cid in region
+        if isinstance(layer, keras.layers.BatchNormalization):
+            on = {"freeze": False, "follow": on, "train": trainable != "head"}[bn]
+        if call.name.startswith("graft_preprocess"):
+            on = False
+        layer.trainable = on
+        if layer.weights:
+            counts["trainable_layers" if on else "frozen_layers"] += 1
+    return counts

@@ -1,0 +1,610 @@
+"""Run a plan end to end: data, surgery, training phases, evaluation, run directory.
+
+    from surgery import run
+    result = run("plan.yaml")                 # or run(plan, out_dir="runs/x", resume=True)
+    print(result.metrics["accuracy"], result.model_path)
+
+The run directory (`plan.outputs.dir`, or `out_dir`) receives `plan.yaml` (the resolved plan),
+`state.json` (progress; what `--resume` reads), `checkpoints/` (while running), and at the end
+`model.keras`, `metrics.json`, `history.csv`, `curves.png`, `confusion.png` and `report.html`.
+Every file is written atomically. See docs/apply.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from graft.atomic import write_json
+from graft.errors import DatasetError, InputError, PlanError
+
+#: Files of a finished run (besides the checkpoints) — a run directory holding any of them is not reused.
+RUN_FILES = ("state.json", "model.keras", "metrics.json", "report.html")
+
+
+@dataclass
+class PhaseReport:
+    """What one phase did."""
+
+    name: str
+    trainable: str
+    epochs: int
+    epochs_run: int = 0
+    learning_rate: float = 0.0
+    backbone_learning_rate: float | None = None
+    trainable_params: int = 0
+    frozen_params: int = 0
+    bottleneck: bool = False
+    stopped_early: bool = False
+    best_epoch: int | None = None
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """The outcome of `run`.
+
+    Attributes:
+        run_dir: where everything was written.
+        model_path: the trained model (`model.keras`; loads with `safe_mode=True`), or None for a dry run.
+        metrics: `metrics.json`'s content (empty for a dry run).
+        history: one dict per epoch run (phase, epoch, loss, accuracy, val_loss, ...).
+        phases: one `PhaseReport` per phase.
+        timings: seconds per step (load, features, each phase, evaluate, write).
+        splits: images per split (`train`, `val`, `test`).
+        fallback: the scratch-vs-pretrained trial, when the plan asked for one.
+        resumed: whether this call continued an interrupted run.
+        dry_run: whether nothing was trained.
+        summary: the edited model's summary.
+        notes: things worth knowing (skipped files, settings not applied and why).
+    """
+
+    run_dir: Path
+    model_path: Path | None
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    phases: list[PhaseReport] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    splits: dict = field(default_factory=dict)
+    fallback: dict | None = None
+    resumed: bool = False
+    dry_run: bool = False
+    summary: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class Reporter:
+    """Receives progress; the CLI renders it, the library default stays silent."""
+
+    def message(self, text: str) -> None:  # pragma: no cover - default is silent
+        pass
+
+    def epoch(self, phase: str, epoch: int, epochs: int, logs: dict, seconds: float) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _plan_of(plan):
+    from advisor.plan import Plan, load_plan
+
+    if isinstance(plan, Plan):
+        return plan
+    return load_plan(plan)
+
+
+def _plan_hash(plan) -> str:
+    """Hash of what decides the training (not outputs, provenance or the human-facing parts)."""
+    import json
+
+    d = plan.to_dict()
+    d = {k: d[k] for k in ("model", "surgery", "training", "data")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _summary(model: keras.Model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda s, **_: lines.append(s), line_length=100)
+    return "\n".join(lines)
+
+
+def _params(model) -> tuple[int, int]:
+    t = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    f = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
+    return t, f
+
+
+def _setting(value: str, auto: bool) -> bool:
+    return {"on": True, "off": False}.get(value, auto)
+
+
+def _strategy_scope(distribution: str):
+    """The `tf.distribute` strategy the plan names, or None."""
+    if distribution == "none":
+        return None
+    if keras.backend.backend() != "tensorflow":
+        raise PlanError(f"training.distribution: {distribution} needs the TensorFlow backend "
+                        f"(KERAS_BACKEND is {keras.backend.backend()}); set distribution: none")
+    import tensorflow as tf
+
+    if distribution == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _class_weights(labels: list[int], classes: int) -> dict[int, float]:
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=classes).astype(float)
+    n = counts.sum()
+    return {i: float(n / (classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class _Data:
+    classes: list[str]
+    train: tuple[list[str], list[int]]
+    val: tuple[list[str], list[int]]
+    test: tuple[list[str], list[int]]
+    spec: object
+    notes: list[str]
+
+
+def _data(plan) -> _Data:
+    from advisor.dataset import list_images
+    from surgery.pipeline import DataSpec, find_unreadable, stratified_split
+
+    d = plan.data
+    listing = list_images(d.path)
+    classes = listing.classes
+    if len(classes) != plan.surgery.head.classes:
+        raise PlanError(f"surgery.head.classes is {plan.surgery.head.classes} but {d.path} has {len(classes)} "
+                        f"classes ({', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}); "
+                        f"set surgery.head.classes: {len(classes)} or run advise again")
+    notes = list(listing.warnings)
+    files, labels, split = listing.files, listing.labels, listing.split
+    if not d.skip_corrupt:
+        bad = find_unreadable(files)
+        if bad:
+            raise DatasetError(f"{len(bad)} image(s) cannot be decoded, e.g. {bad[0]}; remove them or set "
+                               "data.skip_corrupt: true")
+    has_splits = any(split)
+    splits = stratified_split(files, labels, split if has_splits else None, d.validation_split,
+                              d.test_split, d.seed)
+    spec = DataSpec(input_size=tuple(d.input_size), channels=d.channels, batch_size=d.batch_size,
+                    validation_split=d.validation_split, test_split=d.test_split, seed=d.seed,
+                    augment=_augment(d.augmentation))
+    return _Data(classes, splits.train, splits.val, splits.test, spec, notes)
+
+
+def _augment(aug: dict) -> dict:
+    out = {}
+    for key, value in (aug or {}).items():
+        if key == "flip":
+            out["flip"] = "horizontal" if value is True else (None if value is False else value)
+        else:
+            out[key] = float(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+def _features(model: keras.Model, head: list[str], files: list[str], labels: list[int], spec,
+              cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features (through the head's weightless pooling layer) of the files, once."""
+    from surgery.pipeline import indexed_image_batches
+
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            return z["x"], z["y"]
+    feat_model = _feature_model(model, head)
+    xs, ys = [], []
+    labels_arr = np.asarray(labels)
+    for idx, images in indexed_image_batches(files, spec, batch_size=max(spec.batch_size, 64)):
+        xs.append(np.asarray(feat_model.predict_on_batch(images), dtype="float32"))
+        ys.append(labels_arr[idx])
+    if not xs:
+        raise DatasetError("none of the images could be decoded")
+    x, y = np.concatenate(xs), np.concatenate(ys).astype("int32")
+    if cache is not None:
+        buf = io.BytesIO()
+        np.savez(buf, x=x, y=y)
+        from graft.atomic import write_bytes
+
+        write_bytes(cache, buf.getvalue())
+    return x, y
+
+
+def _frozen_head_start(model: keras.Model, head: list[str]) -> int:
+    """How many leading head layers have no weights (pooling, flatten): they join the features."""
+    k = 0
+    for name in head:
+        layer = model.get_layer(name)
+        if layer.weights or isinstance(layer, keras.layers.Dropout):
+            break
+        k += 1
+    return k
+
+
+def _feature_model(model: keras.Model, head: list[str]) -> keras.Model:
+    k = _frozen_head_start(model, head)
+    out = model.get_layer(head[k - 1]).output if k else model.get_layer(head[0]).input
+    return keras.Model(model.inputs, out, name="bottleneck_features")
+
+
+def _head_model(model: keras.Model, head: list[str], feature_shape: tuple) -> keras.Model:
+    """A model of the head's trainable layers on precomputed features; the layers are shared."""
+    k = _frozen_head_start(model, head)
+    inp = keras.Input(shape=feature_shape, name="features")
+    x = inp
+    for name in head[k:]:
+        x = model.get_layer(name)(x)
+    return keras.Model(inp, x, name="head")
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False, dry_run: bool = False,
+        safe_mode: bool | None = None, reporter: Reporter | None = None,
+        stop_after_epochs: int | None = None) -> RunResult:
+    """Apply a plan: surgery, training phases, evaluation, and the run directory.
+
+    Args:
+        plan: an `advisor.plan.Plan` or the path of a `plan.yaml`.
+        out_dir: the run directory; default `plan.outputs.dir`.
+        resume: continue the interrupted run in `out_dir` from its last completed epoch.
+        dry_run: load the data listing and the model, do the surgery, report; train and write nothing.
+        safe_mode: override `plan.model.safe_mode` when loading a model file.
+        reporter: receives progress messages and per-epoch results.
+        stop_after_epochs: stop (as if interrupted) after this many epochs in total; for tests and
+            for splitting a long run across sessions, then `resume=True`.
+
+    Returns:
+        `RunResult`.
+
+    Raises:
+        PlanError, DatasetError, ModelLoadError, InputError: the plan, data or model is unusable;
+            the run directory already holds another run (and `resume` is not set).
+    """
+    from advisor.plan import save_plan
+    from surgery.prepare import prepare_model, scratch, set_phase_trainable
+    from surgery.train import read_state
+
+    reporter = reporter or Reporter()
+    plan = _plan_of(plan)
+    run_dir = Path(out_dir if out_dir is not None else plan.outputs.dir)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = _data(plan)
+    plan_sha = _plan_hash(plan)
+
+    state = read_state(run_dir) if run_dir.exists() else None
+    if not dry_run:
+        if state is None and run_dir.exists() and any(run_dir.iterdir()):
+            raise InputError(f"run directory {run_dir} is not empty and holds no graft run; choose another "
+                             "with --out DIR (nothing was overwritten)")
+        if state is not None and not resume:
+            raise InputError(f"run directory {run_dir} already holds a run; continue it with --resume or choose "
+                             "another with --out DIR (nothing was overwritten)")
+        if state is not None and state.get("plan_sha") != plan_sha:
+            raise PlanError(f"the run in {run_dir} was started from a different plan (training, data, model or "
+                            "surgery changed); apply the original plan with --resume, or start a new run with "
+                            "--out DIR")
+    resumed = state is not None
+
+    strategy = _strategy_scope(plan.training.distribution) if not dry_run else None
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    from graft.hardware import gpu_count
+
+    gpu = gpu_count() > 0
+    mixed = _setting(plan.training.mixed_precision, gpu)
+    jit = _setting(plan.training.jit_compile, gpu)
+    notes = list(data.notes)
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with scope:
+            prepared = prepare_model(plan, safe_mode=safe_mode)
+        timings["load_and_surgery"] = time.perf_counter() - t0
+        splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
+        result = RunResult(run_dir=run_dir, model_path=None, splits=splits, resumed=resumed,
+                           summary=_summary(prepared.model), notes=notes + prepared.notes)
+        if dry_run:
+            result.dry_run = True
+            for ph in plan.training.phases:
+                counts = set_phase_trainable(prepared, ph.trainable, plan.surgery.bn)
+                t, f = _params(prepared.model)
+                result.phases.append(PhaseReport(
+                    name=ph.name, trainable=ph.trainable, epochs=ph.epochs, learning_rate=ph.learning_rate,
+                    backbone_learning_rate=ph.backbone_learning_rate, trainable_params=t, frozen_params=f,
+                    bottleneck=_use_bottleneck(plan, ph, 0 if ph is plan.training.phases[0] else 1)))
+                del counts
+            return result
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            state = {"graft_run": 1, "plan_sha": plan_sha, "phases_done": 0, "history": [], "phases": [],
+                     "weights_file": None, "fallback": None, "finished": False, "phase": None}
+            resolved = type(plan).from_dict(plan.to_dict())
+            resolved.outputs.dir = str(run_dir)
+            resolved.data.path = str(Path(plan.data.path).resolve())
+            save_plan(resolved, run_dir / "plan.yaml")
+            write_json(run_dir / "state.json", state)
+        if state.get("finished"):
+            reporter.message(f"{run_dir} already finished; nothing to resume")
+            return _finished_result(run_dir, result, state)
+
+        ckpt_dir = run_dir / "checkpoints"
+        # The fallback trial: does pretrained initialization beat random on this data?
+        if plan.training.fallback is not None and state.get("fallback") is None:
+            with scope:
+                state["fallback"] = _scratch_trial(plan, prepared, data, reporter, jit)
+            write_json(run_dir / "state.json", state)
+        if state.get("fallback") and state["fallback"]["chosen"] == "random":
+            with scope:
+                prepared = scratch(prepared, seed=plan.data.seed)
+        elif plan.training.phases[0].weights == "random":
+            with scope:
+                prepared = scratch(prepared, seed=plan.data.seed)
+            notes.append("the first phase asks for random weights: the backbone starts from scratch")
+        if state.get("weights_file"):
+            prepared.model.load_weights(ckpt_dir / state["weights_file"])
+
+        total_done = len(state["history"])
+        for i, ph in enumerate(plan.training.phases):
+            if i < state["phases_done"]:
+                continue
+            with scope:
+                report = _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
+                                      stop_after_epochs, total_done)
+            if report is None:  # stopped on request (stop_after_epochs)
+                result.history = state["history"]
+                result.notes = notes
+                return result
+            total_done = len(state["history"])
+        timings.update(state.get("timings", {}))
+
+        # Evaluate on the test split (else validation), write everything.
+        t1 = time.perf_counter()
+        eval_name, (files, labels) = ("test", data.test) if data.test[0] else ("val", data.val)
+        if not files:
+            eval_name, (files, labels) = "train", data.train
+            notes.append("no validation or test images: metrics are on the training set")
+        metrics = _evaluate(prepared.model, files, labels, data)
+        metrics["split"] = eval_name
+        timings["evaluate"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        model_path = _save_model(prepared.model, run_dir / "model.keras")
+        from surgery.report import write_run_outputs
+
+        phases = [dict(p) for p in state["phases"]]
+        history = _history_columns(state["history"])
+        write_run_outputs(run_dir, history=history, phases=phases, metrics=metrics,
+                          plan=(type(plan).from_dict(plan.to_dict())).to_dict(),
+                          model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
+                          extra={"preprocessing": prepared.preprocessing, "splits": splits,
+                                 "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
+                                 "distribution": plan.training.distribution, "resumed": resumed,
+                                 "notes": notes})
+        timings["write"] = time.perf_counter() - t2
+        state["finished"] = True
+        state["timings"] = timings
+        write_json(run_dir / "state.json", state)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(run_dir / "features", ignore_errors=True)
+        result.model_path = model_path
+        result.metrics = metrics
+        result.history = state["history"]
+        result.phases = [PhaseReport(**p) for p in state["phases"]]
+        result.timings = timings
+        result.fallback = state.get("fallback")
+        result.notes = notes
+        return result
+    finally:
+        if mixed:
+            keras.mixed_precision.set_global_policy("float32")
+
+
+def _finished_result(run_dir: Path, result: RunResult, state: dict) -> RunResult:
+    import json
+
+    result.model_path = run_dir / "model.keras"
+    result.metrics = json.loads((run_dir / "metrics.json").read_text())
+    result.history = state["history"]
+    result.phases = [PhaseReport(**p) for p in state["phases"]]
+    result.fallback = state.get("fallback")
+    result.timings = state.get("timings", {})
+    return result
+
+
+def _history_columns(rows: list[dict]) -> dict[str, list]:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _use_bottleneck(plan, ph, index: int) -> bool:
+    """A head-only phase on a backbone no earlier phase changed, without augmentation."""
+    if ph.trainable != "head" or plan.training.bottleneck == "off":
+        return False
+    if plan.data.augmentation or plan.training.distribution != "none":
+        return False
+    return index == 0 or all(p.trainable == "head" for p in plan.training.phases[:index])
+
+
+def _compile(model, ph, lr_factor_map, jit):
+    from surgery.train import make_optimizer
+
+    model.compile(optimizer=make_optimizer(ph.optimizer, ph.learning_rate, lr_factor_map),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=jit if jit else False)
+
+
+def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes, stop_after_epochs,
+                 total_done):
+    from surgery.pipeline import make_dataset
+    from surgery.prepare import set_phase_trainable
+    from surgery.train import Checkpointer, load_optimizer, lr_factors, save_weights_atomic
+
+    model = prepared.model
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    entry = state.get("phase")
+    if not entry or entry.get("index") != i:
+        entry = {"index": i, "name": ph.name, "epochs_done": 0, "wait": 0, "seconds": 0.0}
+        state["phase"] = entry
+    set_phase_trainable(prepared, ph.trainable, plan.surgery.bn)
+    trainable_params, frozen_params = _params(model)
+    bottleneck = _use_bottleneck(plan, ph, i)
+    if plan.training.bottleneck == "on" and ph.trainable == "head" and not bottleneck:
+        notes.append(f"phase {ph.name}: bottleneck features not used (augmentation, distribution, or an "
+                     "earlier phase changed the backbone)")
+    cw = _class_weights(data.train[1], len(data.classes)) if plan.training.class_weights == "balanced" else None
+    monitor = "val_loss" if data.val[0] else "loss"
+    t0 = time.perf_counter()
+    if bottleneck:
+        reporter.message(f"phase {ph.name}: computing backbone features once (bottleneck)")
+        fdir = run_dir / "features"
+        fdir.mkdir(exist_ok=True)
+        xtr, ytr = _features(model, prepared.head, *data.train, data.spec, fdir / "train.npz")
+        val = None
+        if data.val[0]:
+            xv, yv = _features(model, prepared.head, *data.val, data.spec, fdir / "val.npz")
+            val = (xv, yv)
+        state.setdefault("timings", {})["features"] = state.get("timings", {}).get("features", 0) + (
+            time.perf_counter() - t0)
+        train_model = _head_model(model, prepared.head, xtr.shape[1:])
+        fit_args = {"x": xtr, "y": ytr, "batch_size": plan.data.batch_size, "shuffle": True,
+                    "validation_data": val}
+        n_images = len(ytr)
+    else:
+        train_ds = make_dataset(*data.train, data.spec, training=True, num_classes=len(data.classes))
+        val_ds = (make_dataset(*data.val, data.spec, training=False, num_classes=len(data.classes))
+                  if data.val[0] else None)
+        train_model = model
+        fit_args = {"x": train_ds, "validation_data": val_ds}
+        n_images = len(data.train[0])
+    head_names = {model.get_layer(n).name for n in prepared.head}
+    factors = lr_factors(train_model, head_names, ph.learning_rate, ph.backbone_learning_rate)
+    _compile(train_model, ph, factors, jit)
+    if entry["epochs_done"]:
+        model.load_weights(ckpt_dir / entry["last_file"])  # the head model shares these layers
+        load_optimizer(train_model.optimizer, ckpt_dir / entry["optimizer_file"], train_model.trainable_variables)
+        reporter.message(f"phase {ph.name}: resuming after epoch {entry['epochs_done']} of {ph.epochs}")
+    if entry.get("stopped_early") or entry["epochs_done"] >= ph.epochs:
+        epochs_left = 0
+    else:
+        epochs_left = ph.epochs - entry["epochs_done"]
+    budget = None if stop_after_epochs is None else stop_after_epochs - total_done
+    stop_now = budget is not None and budget < epochs_left
+    end_epoch = entry["epochs_done"] + (min(epochs_left, budget) if stop_now else epochs_left)
+
+    def on_epoch(epoch, logs, seconds):
+        reporter.epoch(ph.name, epoch + 1, ph.epochs, logs, seconds)
+
+    ckpt = Checkpointer(run_dir, state, model, monitor, ph.early_stopping_patience, on_epoch)
+    keras.utils.set_random_seed(plan.data.seed + 1000 * i + entry["epochs_done"])
+    if end_epoch > entry["epochs_done"]:
+        train_model.fit(**fit_args, epochs=end_epoch, initial_epoch=entry["epochs_done"], callbacks=[ckpt],
+                        class_weight=cw, verbose=0)
+    entry["seconds"] = entry.get("seconds", 0.0) + time.perf_counter() - t0
+    if stop_now and not entry.get("stopped_early"):
+        write_json(run_dir / "state.json", state)
+        return None
+    # Phase done: keep the best epoch's weights, checkpoint the phase's end, forget its epoch files.
+    if entry.get("best_file"):
+        model.load_weights(ckpt_dir / entry["best_file"])
+    end = save_weights_atomic(model, ckpt_dir / f"phase-{i:02d}.weights.h5")
+    epochs_run = entry["epochs_done"]
+    seconds = entry["seconds"]
+    report = PhaseReport(
+        name=ph.name, trainable=ph.trainable, epochs=ph.epochs, epochs_run=epochs_run,
+        learning_rate=ph.learning_rate, backbone_learning_rate=ph.backbone_learning_rate,
+        trainable_params=trainable_params, frozen_params=frozen_params, bottleneck=bottleneck,
+        stopped_early=bool(entry.get("stopped_early")), best_epoch=entry.get("best_epoch"),
+        seconds=round(seconds, 3),
+        images_per_second=round(n_images * epochs_run / seconds, 1) if seconds > 0 else 0.0)
+    old = state.get("weights_file")
+    state["phases"].append(report.__dict__.copy())
+    state.update(phases_done=i + 1, weights_file=end.name, phase=None)
+    state.setdefault("timings", {})[f"phase {ph.name}"] = round(seconds, 3)
+    write_json(run_dir / "state.json", state)
+    for name in {entry.get("last_file"), entry.get("optimizer_file"), entry.get("best_file"), old} - {end.name, None}:
+        (ckpt_dir / name).unlink(missing_ok=True)
+    return report
+
+
+def _scratch_trial(plan, prepared, data, reporter: Reporter, jit) -> dict:
+    """Train pretrained and random initializations briefly with every layer trainable; compare."""
+    from surgery.pipeline import make_dataset
+    from surgery.prepare import prepare_model, scratch, set_phase_trainable
+
+    fb = plan.training.fallback
+    ph = plan.training.phases[-1]
+    scores = {}
+    val_files = data.val if data.val[0] else data.train
+    for init in ("pretrained", "random"):
+        trial = prepare_model(plan, backbone=None)
+        if init == "random":
+            trial = scratch(trial, seed=plan.data.seed)
+        set_phase_trainable(trial, "all", plan.surgery.bn if init == "pretrained" else "follow")
+        keras.utils.set_random_seed(plan.data.seed)
+        trial.model.compile(optimizer=keras.optimizers.Adam(plan.training.phases[0].learning_rate),
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                            jit_compile=jit if jit else False)
+        ds = make_dataset(*data.train, data.spec, training=True, num_classes=len(data.classes))
+        vds = make_dataset(*val_files, data.spec, training=False, num_classes=len(data.classes))
+        reporter.message(f"fallback trial: {init} initialization, {fb.scratch_trial_epochs} epoch(s)")
+        trial.model.fit(ds, epochs=fb.scratch_trial_epochs, verbose=0)
+        scores[init] = float(trial.model.evaluate(vds, verbose=0, return_dict=True)["accuracy"])
+        del trial
+    chosen = "random" if scores["random"] > scores["pretrained"] + fb.margin else "pretrained"
+    del ph, prepared
+    return {"epochs": fb.scratch_trial_epochs, "margin": fb.margin, "val_accuracy": scores, "chosen": chosen,
+            "reason": (f"random initialization reached {scores['random']:.3f} validation accuracy against "
+                       f"{scores['pretrained']:.3f} for pretrained after {fb.scratch_trial_epochs} epoch(s); "
+                       f"{'training from scratch' if chosen == 'random' else 'keeping pretrained weights'} "
+                       f"(margin {fb.margin})")}
+
+
+def _evaluate(model, files, labels, data) -> dict:
+    from surgery.metrics import classification_metrics
+    from surgery.pipeline import indexed_image_batches
+
+    labels_arr = np.asarray(labels)
+    ys, ps = [], []
+    for idx, images in indexed_image_batches(files, data.spec, batch_size=max(data.spec.batch_size, 64)):
+        ps.append(np.asarray(model.predict_on_batch(images), dtype="float32"))
+        ys.append(labels_arr[idx])
+    if not ps:
+        raise DatasetError("none of the evaluation images could be decoded")
+    prob = np.concatenate(ps)
+    y = np.concatenate(ys)
+    return classification_metrics(y, prob.argmax(axis=1), data.classes, y_prob=prob)
+
+
+def _save_model(model: keras.Model, path: Path) -> Path:
+    """Save an uncompiled copy (layers shared) so the file loads in safe mode without graft."""
+    plain = keras.Model(model.inputs, model.outputs, name=model.name)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    plain.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["PhaseReport", "Reporter", "RunResult", "run"]
