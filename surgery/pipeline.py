@@ -21,7 +21,7 @@ must line up with the files given, raises a `DatasetError` naming the file inste
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,17 +94,26 @@ class DataSpec:
         Raises:
             InputError: a value out of range or an unknown augmentation key.
         """
-        size = tuple(self.input_size)
-        if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
+        try:
+            size = tuple(self.input_size)
+        except TypeError:  # a bare number or None
+            size = ()
+        if len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
             raise InputError(
                 f"input_size must be (height, width) with two positive integers, got {self.input_size!r}."
             )
         self.input_size = (int(size[0]), int(size[1]))
-        if self.channels not in (1, 3):
+        if not _is_int(self.channels) or self.channels not in (1, 3):
             raise InputError(f"channels must be 1 or 3, got {self.channels!r}.")
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+        self.channels = int(self.channels)
+        if not _is_int(self.batch_size) or self.batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+        self.batch_size = int(self.batch_size)
         _check_fractions(self.validation_split, self.test_split)
+        if self.augment is not None and not isinstance(self.augment, Mapping):
+            raise InputError(
+                f"augment must be a mapping of augmentation keys to values, got {self.augment!r}."
+            )
         self.augment = dict(self.augment or {})
         unknown = sorted(set(self.augment) - set(AUGMENT_KEYS))
         if unknown:
@@ -140,6 +149,10 @@ class Splits:
     train: tuple[list[str], list[int]]
     val: tuple[list[str], list[int]]
     test: tuple[list[str], list[int]]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_fractions(validation: float, test: float) -> None:
