@@ -292,6 +292,8 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     data = _data(plan)
     plan_sha = _plan_hash(plan)
 
+    if not dry_run:
+        run_dir = _choose_run_dir(run_dir, explicit=out_dir is not None, resume=resume)
     state = read_state(run_dir) if run_dir.exists() else None
     if not dry_run:
         if state is None and run_dir.exists() and any(run_dir.iterdir()):
@@ -417,6 +419,36 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     finally:
         if mixed:
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _numbered(base: Path):
+    yield base
+    k = 2
+    while True:
+        yield base.with_name(f"{base.name}-{k}")
+        k += 1
+
+
+def _choose_run_dir(base: Path, explicit: bool, resume: bool) -> Path:
+    """Where a run goes. The plan's directory, or when a finished run holds it (and no --out was
+    given), the first free `DIR-2`, `DIR-3`, ...; with `resume`, the newest of those holding a run."""
+    from surgery.train import read_state
+
+    if explicit:
+        return base
+    taken = []
+    for d in _numbered(base):
+        if not d.exists():
+            break
+        taken.append(d)
+    if resume:
+        return taken[-1] if taken else base
+    if taken:
+        last = read_state(taken[-1])
+        if last is None or not last.get("finished"):
+            return taken[-1]  # an unfinished run (or a foreign folder): let the checks explain
+        return base.with_name(f"{base.name}-{len(taken) + 1}") if len(taken) >= 1 else base
+    return base
 
 
 def _finished_result(run_dir: Path, result: RunResult, state: dict) -> RunResult:
