@@ -371,7 +371,15 @@ def _listing(
         )
     if not files:
         exts = " ".join(sorted(IMAGE_EXTENSIONS))
-        extra = f" ({walker.non_images} other file(s) were ignored)" if walker.non_images else ""
+        ignored = []
+        if walker.non_images:
+            ignored.append(f"{walker.non_images} other file(s) were ignored")
+        if walker.zero_byte or walker.broken:
+            ignored.append(
+                f"{len(walker.zero_byte) + len(walker.broken)} zero-byte file(s) or broken link(s) "
+                "were left out"
+            )
+        extra = f" ({'; '.join(ignored)})" if ignored else ""
         raise DatasetError(
             f"The class folders under {path} hold no images{extra}; image files must end in one "
             f"of {exts}."
@@ -460,9 +468,12 @@ def _stratified_sample(labels: np.ndarray, n_classes: int, sample: int, seed: in
     counts = np.bincount(labels, minlength=n_classes)
     exact = sample * counts / n
     quota = np.floor(exact).astype(np.int64)
-    if sample >= n_classes:  # every class is seen at least once
-        quota = np.maximum(quota, 1)
-    quota = np.minimum(quota, counts)
+    if sample < n_classes:  # more classes than the sample: a random subset of classes, one each
+        keep = rng.choice(np.flatnonzero(counts), size=sample, replace=False)
+        quota = np.zeros_like(quota)
+        quota[keep] = 1
+    else:  # every class is seen at least once
+        quota = np.minimum(np.maximum(quota, 1), counts)
     left = sample - int(quota.sum())
     if left > 0:  # largest remainders first, among classes with files to spare
         rest = np.argsort(-(exact - np.floor(exact)), kind="stable")
@@ -472,10 +483,9 @@ def _stratified_sample(labels: np.ndarray, n_classes: int, sample: int, seed: in
             if quota[c] < counts[c]:
                 quota[c] += 1
                 left -= 1
-    elif left < 0:  # more classes than the sample: a random subset of classes, one file each
-        keep = rng.choice(np.flatnonzero(quota), size=sample, replace=False)
-        quota = np.zeros_like(quota)
-        quota[keep] = 1
+    while left < 0:  # the one-per-class floor overshot: take the excess from the largest quotas
+        quota[int(np.argmax(quota))] -= 1
+        left += 1
     by_class = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
     picked = [

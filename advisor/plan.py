@@ -238,9 +238,10 @@ def _from(tp, value, path: tuple, doc: YamlDoc):
 
 def _choice(doc, path, value, choices):
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+        names = [str(c) for c in choices]  # choices may be numbers (data.channels)
+        close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        _fail(doc, path, f"'{'.'.join(map(str, path))}' is {value!r}; expected one of {', '.join(choices)}{hint}")
+        _fail(doc, path, f"'{'.'.join(map(str, path))}' is {value!r}; expected one of {', '.join(names)}{hint}")
 
 
 def validate(plan: Plan, doc: YamlDoc | None = None) -> None:

@@ -593,27 +593,27 @@ def _plain(v):
 
 class _Facts(dict):
     def __missing__(self, key):
-        return "unknown"
+        return None
+
+
+class _ReasonFormatter(string.Formatter):
+    """`str.format` where an unknown value (or one its format spec does not fit) reads plainly."""
+
+    def format_field(self, value, format_spec):
+        if value is None:
+            return "unknown"
+        try:
+            return format(value, format_spec)
+        except (ValueError, TypeError):
+            return _fmt(value)
 
 
 def format_reason(reason: str, facts: dict, table: RuleTable) -> str:
-    """Fill `{fact}` and `{threshold}` placeholders; unknown facts read 'unknown'."""
-    values = _Facts({k: (v if v is not None else "unknown") for k, v in facts.items()})
+    """Fill `{fact}` and `{threshold}` placeholders; unknown facts read 'unknown', the others keep
+    their format spec (`{similarity:.2f}`)."""
+    values = _Facts(facts)
     values.update({k: t.value for k, t in table.thresholds.items()})
-    try:
-        return reason.format_map(values)
-    except (ValueError, TypeError):  # a format spec like :.2f on 'unknown'
-        plain = _Facts({k: _fmt(v) for k, v in values.items()})
-        return string.Formatter().vformat(_strip_specs(reason), (), plain)
-
-
-def _strip_specs(text: str) -> str:
-    out = []
-    for literal, fname, _spec, _conv in string.Formatter().parse(text):
-        out.append(literal.replace("{", "{{").replace("}", "}}"))
-        if fname is not None:
-            out.append("{" + fname + "}")
-    return "".join(out)
+    return _ReasonFormatter().vformat(reason, (), values)
 
 
 def _trace(rule: Rule, facts: dict, table: RuleTable) -> RuleTrace:

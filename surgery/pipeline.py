@@ -426,7 +426,9 @@ def make_dataset(
     if training:
         augment = _augmenter(spec)
         if augment is not None:
-            ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=autotune)
+            # One call at a time: the random layers draw from a seeded stream in batch order, so a
+            # seed gives the same augmented epochs every run (parallel calls would race for it).
+            ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=None)
     return ds.prefetch(autotune)
 
 

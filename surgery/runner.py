@@ -319,6 +319,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
+        keras.utils.set_random_seed(plan.data.seed)  # the new head's initial weights, dropout, shuffles
         with scope:
             prepared = prepare_model(plan, safe_mode=safe_mode)
         timings["load_and_surgery"] = time.perf_counter() - t0
