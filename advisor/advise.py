@@ -246,6 +246,8 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     mfacts, emb, cut_layer = None, None, None
     source = str(model) if model is not None else DEFAULT_MODEL
     is_file = model is not None and (Path(str(model)).suffix.lower() in (".keras", ".h5") or Path(str(model)).exists())
+    if is_file and Path(source).is_file():
+        source = str(Path(source).resolve())  # like data.path: the plan works from any directory
     weights = weights or ("file" if is_file else "imagenet")
     if model is not None:
         from surgery import load_model

@@ -99,7 +99,8 @@ def baseline(dirs: dict[str, Path], size: int, batch: int, phases: list[dict], s
             for layer in base.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
-        model.compile(keras.optimizers.Adam(ph["lr"]), "sparse_categorical_crossentropy", ["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(ph["lr"]), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
         model.fit(train, validation_data=val, epochs=epochs + ph["epochs"], initial_epoch=epochs, verbose=0)
         epochs += ph["epochs"]
     acc = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]

@@ -140,7 +140,11 @@ def _strategy_scope(distribution: str):
 
     if distribution == "mirrored":
         return tf.distribute.MirroredStrategy()
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    # Measured here (Keras 3.15, TensorFlow 2.21, two workers on loopback): fit fails inside Keras'
+    # TF trainer with "Attempt to convert a value (PerReplica ...)"; upstream: keras-team/keras#20585.
+    raise PlanError("training.distribution: multi_worker is not supported: Keras 3's fit does not run under "
+                    "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585); use mirrored (every "
+                    "GPU of one machine) or none")
 
 
 def _class_weights(labels: list[int], classes: int) -> dict[int, float]:
@@ -309,7 +313,10 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     resumed = state is not None
 
     strategy = _strategy_scope(plan.training.distribution) if not dry_run else None
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    def scope():
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
     from graft.hardware import gpu_count
 
     gpu = gpu_count() > 0
@@ -320,7 +327,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         keras.utils.set_random_seed(plan.data.seed)  # the new head's initial weights, dropout, shuffles
-        with scope:
+        with scope():
             prepared = prepare_model(plan, safe_mode=safe_mode)
         timings["load_and_surgery"] = time.perf_counter() - t0
         splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
@@ -354,14 +361,14 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         ckpt_dir = run_dir / "checkpoints"
         # The fallback trial: does pretrained initialization beat random on this data?
         if plan.training.fallback is not None and state.get("fallback") is None:
-            with scope:
+            with scope():
                 state["fallback"] = _scratch_trial(plan, prepared, data, reporter, jit)
             write_json(run_dir / "state.json", state)
         if state.get("fallback") and state["fallback"]["chosen"] == "random":
-            with scope:
+            with scope():
                 prepared = scratch(prepared, seed=plan.data.seed)
         elif plan.training.phases[0].weights == "random":
-            with scope:
+            with scope():
                 prepared = scratch(prepared, seed=plan.data.seed)
             notes.append("the first phase asks for random weights: the backbone starts from scratch")
         if state.get("weights_file"):
@@ -371,7 +378,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         for i, ph in enumerate(plan.training.phases):
             if i < state["phases_done"]:
                 continue
-            with scope:
+            with scope():
                 report = _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
                                       stop_after_epochs, total_done)
             if report is None:  # stopped on request (stop_after_epochs)
@@ -622,7 +629,7 @@ def _evaluate(model, files, labels, data) -> dict:
     labels_arr = np.asarray(labels)
     ys, ps = [], []
     for idx, images in indexed_image_batches(files, data.spec, batch_size=max(data.spec.batch_size, 64)):
-        ps.append(np.asarray(model.predict_on_batch(images), dtype="float32"))
+        ps.append(np.asarray(model.predict(images, batch_size=len(images), verbose=0), dtype="float32"))
         ys.append(labels_arr[idx])
     if not ps:
         raise DatasetError("none of the evaluation images could be decoded")

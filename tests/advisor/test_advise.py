@@ -107,7 +107,7 @@ def test_expected_costs_follow_the_strategies(similar):
     assert plan.decision.runner_up_cost["base_forward_passes"] > plan.decision.expected_cost["base_forward_passes"]
 
 
-def test_advised_plan_round_trips(similar, tmp_path):
+def test_advised_plan_round_trips(similar):
     text = dump_plan(similar.plan)
     assert load_plan(text=text) == similar.plan
     assert dump_plan(load_plan(text=text)) == text
@@ -204,6 +204,17 @@ def test_model_facts_reach_the_plan(measured):
     assert load_plan(text=dump_plan(plan)) == plan
 
 
+def test_relative_paths_become_absolute_in_the_plan(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    advice = advise("examples/data/cifar_b", model="examples/models/cifar_a_cnn.keras", measure=False,
+                    similarity=0.8)
+    # the plan works from any directory: both paths are absolute
+    assert advice.plan.model.source == str(MODEL)
+    assert advice.plan.data.path == str(DATA)
+    assert advice.embedding is None and advice.facts["similarity_method"] == "user"
+    assert advice.facts["model_input_size"] == 32  # the model was still loaded and described
+
+
 def test_advice_to_dict_is_json(measured):
     data = json.loads(json.dumps(measured.to_dict()))
     assert data["similarity"]["method"] == "bn_stats"
@@ -291,6 +302,6 @@ def test_cli_rules_file_with_a_misspelled_fact(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["my_rules.yaml", "plan.yaml"]
 
 
-def test_cli_out_must_not_be_a_folder_or_an_input(tmp_path):
+def test_cli_out_must_not_be_a_folder(tmp_path):
     line = error_line(cli(DATA, "--similarity", "0.8", "--out", tmp_path))
     assert "is a folder" in line

@@ -387,6 +387,40 @@ def test_unreadable_sub_folder_is_skipped_with_a_warning(tmp_path):
     assert any("could not be read" in w and str(locked) in w for w in facts.warnings)
 
 
+def test_unreadable_sub_folder_simulated(tmp_path, monkeypatch):
+    """The same as above, runnable as root: scandir raises PermissionError for one folder."""
+    root = make_classes(tmp_path / "d", {"cat": 5, "dog": 5})
+    locked = root / "dog" / "locked"
+    write_image(locked / "hidden_from_us.jpg")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(dataset.os, "scandir", scandir)
+    facts = scan(root)
+    assert facts.per_class == {"cat": 5, "dog": 5}
+    msg = [w for w in facts.warnings if "could not be read" in w]
+    assert len(msg) == 1 and str(locked) in msg[0] and "Permission denied" in msg[0]
+    assert "permissions" in msg[0]
+
+
+def test_unreadable_data_set_folder_is_an_error(tmp_path, monkeypatch):
+    root = make_classes(tmp_path / "d", {"cat": 1, "dog": 1})
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(root):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(dataset.os, "scandir", scandir)
+    with pytest.raises(DatasetError, match=r"permission denied.*chmod -R u\+rX"):
+        scan(root)
+
+
 def test_python_warnings_are_not_emitted(tmp_path, recwarn):
     root = make_classes(tmp_path / "d", {"cat": 2, "dog": 2})
     (root / "cat" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
@@ -549,6 +583,12 @@ def test_sample_smaller_than_the_number_of_classes(tmp_path, monkeypatch):
     facts = scan(root, sample=5)
     assert facts.sampled == 5
     assert len({Path(p).parent.name for p in probed}) == 5  # one file each from 5 classes
+    chosen = set()
+    for seed in range(5):  # which classes is random, not always the first ones
+        probed.clear()
+        scan(root, sample=5, seed=seed)
+        chosen.add(frozenset(Path(p).parent.name for p in probed))
+    assert len(chosen) > 1
 
 
 def test_stratified_sample_never_exceeds_its_bound():

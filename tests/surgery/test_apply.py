@@ -246,3 +246,40 @@ def test_cli_dry_run_prints_plan_and_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "plan_version: 1" in proc.stdout and "head_predictions" in proc.stdout and "Dry run" in proc.stdout
     assert not (tmp_path / "run").exists()
+
+
+MIRRORED = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[2])
+from advisor.plan import load_plan
+from surgery import run
+result = run(load_plan(sys.argv[1]))
+print("RESULT", result.metrics["accuracy"], len(result.history), result.phases[0].bottleneck)
+"""
+
+
+def test_mirrored_distribution_on_two_logical_cpus(tmp_path):
+    phases = [Phase(name="head", trainable="head", epochs=1, learning_rate=3e-3),
+              Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3, backbone_learning_rate=1e-4)]
+    plan = make_plan(tmp_path / "run", phases)
+    plan.training.distribution = "mirrored"
+    plan_file = save_plan(plan, tmp_path / "plan.yaml")
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    proc = subprocess.run([sys.executable, str(script), str(plan_file), str(ROOT)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][0].split()
+    assert float(line[1]) > CHANCE and line[2] == "2" and line[3] == "False"  # no bottleneck when distributed
+    keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+
+
+def test_multi_worker_is_refused_with_the_reason(tmp_path):
+    plan = make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=1)])
+    plan.training.distribution = "multi_worker"
+    with pytest.raises(PlanError, match="keras-team/keras#20585"):
+        run(plan)
+    assert not (tmp_path / "run").exists()
