@@ -112,7 +112,8 @@ def build_head(x, spec: HeadSpec, taken: set[str]):
         x = add(keras.layers.Dense(units, activation="relu", name=_fresh_name(f"head_dense_{i}", taken)))(x)
     if spec.dropout:
         x = add(keras.layers.Dropout(spec.dropout, name=_fresh_name("head_dropout", taken)))(x)
-    x = add(keras.layers.Dense(spec.classes, activation=spec.activation,
+    # float32 outputs even under a mixed-precision policy (a float16 softmax loses small probabilities)
+    x = add(keras.layers.Dense(spec.classes, activation=spec.activation, dtype="float32",
                                name=_fresh_name("head_predictions", taken)))(x)
     return x, created
 

@@ -233,3 +233,27 @@ def set_phase_trainable(prepared: Prepared, trainable: str, bn: str) -> dict[str
         if layer.weights:
             counts["trainable_layers" if on else "frozen_layers"] += 1
     return counts
+
+
+def to_mixed_precision(prepared: Prepared) -> Prepared:
+    """The same model with every layer computing in float16 (variables stay float32), except the
+    output layer, which keeps float32 so the softmax does not lose small probabilities.
+
+    A loaded model keeps the dtype policy it was saved with, so a global `mixed_float16` policy
+    would only reach the new head; the model is therefore cloned layer by layer with the policy in
+    each layer's config, and the weights are copied over.
+    """
+    model = prepared.model
+    last = model.layers[-1].name
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name != last and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = "mixed_float16"
+        return layer.__class__.from_config(config)
+
+    mixed = keras.models.clone_model(model, clone_function=clone)
+    mixed.set_weights(model.get_weights())
+    info = find_head(mixed)
+    return Prepared(model=mixed, head=list(info.layers), features=info.features.name,
+                    preprocessing=prepared.preprocessing, notes=prepared.notes + ["mixed precision (float16 compute)"])

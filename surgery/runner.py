@@ -18,6 +18,7 @@ import io
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from graft.atomic import write_json
 from graft.errors import DatasetError, InputError, PlanError
 
 #: Files of a finished run (besides the checkpoints) — a run directory holding any of them is not reused.
+# Streamed data sets skip undecodable files, so their length is unknown until an epoch ends; Keras
+# then warns that the input "ran out of data" at the end of every epoch. That is expected here.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+
 RUN_FILES = ("state.json", "model.keras", "metrics.json", "report.html")
 
 
@@ -285,7 +290,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
             the run directory already holds another run (and `resume` is not set).
     """
     from advisor.plan import save_plan
-    from surgery.prepare import prepare_model, scratch, set_phase_trainable
+    from surgery.prepare import prepare_model, scratch, set_phase_trainable, to_mixed_precision
     from surgery.train import read_state
 
     reporter = reporter or Reporter()
@@ -323,110 +328,106 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     mixed = _setting(plan.training.mixed_precision, gpu)
     jit = _setting(plan.training.jit_compile, gpu)
     notes = list(data.notes)
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        keras.utils.set_random_seed(plan.data.seed)  # the new head's initial weights, dropout, shuffles
-        with scope():
-            prepared = prepare_model(plan, safe_mode=safe_mode)
-        timings["load_and_surgery"] = time.perf_counter() - t0
-        splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
-        result = RunResult(run_dir=run_dir, model_path=None, splits=splits, resumed=resumed,
-                           summary=_summary(prepared.model), notes=notes + prepared.notes)
-        if dry_run:
-            result.dry_run = True
-            for ph in plan.training.phases:
-                counts = set_phase_trainable(prepared, ph.trainable, plan.surgery.bn)
-                t, f = _params(prepared.model)
-                result.phases.append(PhaseReport(
-                    name=ph.name, trainable=ph.trainable, epochs=ph.epochs, learning_rate=ph.learning_rate,
-                    backbone_learning_rate=ph.backbone_learning_rate, trainable_params=t, frozen_params=f,
-                    bottleneck=_use_bottleneck(plan, ph, 0 if ph is plan.training.phases[0] else 1)))
-                del counts
-            return result
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if state is None:
-            state = {"graft_run": 1, "plan_sha": plan_sha, "phases_done": 0, "history": [], "phases": [],
-                     "weights_file": None, "fallback": None, "finished": False, "phase": None}
-            resolved = type(plan).from_dict(plan.to_dict())
-            resolved.outputs.dir = str(run_dir)
-            resolved.data.path = str(Path(plan.data.path).resolve())
-            save_plan(resolved, run_dir / "plan.yaml")
-            write_json(run_dir / "state.json", state)
-        if state.get("finished"):
-            reporter.message(f"{run_dir} already finished; nothing to resume")
-            return _finished_result(run_dir, result, state)
-
-        ckpt_dir = run_dir / "checkpoints"
-        # The fallback trial: does pretrained initialization beat random on this data?
-        if plan.training.fallback is not None and state.get("fallback") is None:
-            with scope():
-                state["fallback"] = _scratch_trial(plan, prepared, data, reporter, jit)
-            write_json(run_dir / "state.json", state)
-        if state.get("fallback") and state["fallback"]["chosen"] == "random":
-            with scope():
-                prepared = scratch(prepared, seed=plan.data.seed)
-        elif plan.training.phases[0].weights == "random":
-            with scope():
-                prepared = scratch(prepared, seed=plan.data.seed)
-            notes.append("the first phase asks for random weights: the backbone starts from scratch")
-        if state.get("weights_file"):
-            prepared.model.load_weights(ckpt_dir / state["weights_file"])
-
-        total_done = len(state["history"])
-        for i, ph in enumerate(plan.training.phases):
-            if i < state["phases_done"]:
-                continue
-            with scope():
-                report = _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
-                                      stop_after_epochs, total_done)
-            if report is None:  # stopped on request (stop_after_epochs)
-                result.history = state["history"]
-                result.notes = notes
-                return result
-            total_done = len(state["history"])
-        timings.update(state.get("timings", {}))
-
-        # Evaluate on the test split (else validation), write everything.
-        t1 = time.perf_counter()
-        eval_name, (files, labels) = ("test", data.test) if data.test[0] else ("val", data.val)
-        if not files:
-            eval_name, (files, labels) = "train", data.train
-            notes.append("no validation or test images: metrics are on the training set")
-        metrics = _evaluate(prepared.model, files, labels, data)
-        metrics["split"] = eval_name
-        timings["evaluate"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        model_path = _save_model(prepared.model, run_dir / "model.keras")
-        from surgery.report import write_run_outputs
-
-        phases = [dict(p) for p in state["phases"]]
-        history = _history_columns(state["history"])
-        write_run_outputs(run_dir, history=history, phases=phases, metrics=metrics,
-                          plan=(type(plan).from_dict(plan.to_dict())).to_dict(),
-                          model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
-                          extra={"preprocessing": prepared.preprocessing, "splits": splits,
-                                 "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
-                                 "distribution": plan.training.distribution, "resumed": resumed,
-                                 "notes": notes})
-        timings["write"] = time.perf_counter() - t2
-        state["finished"] = True
-        state["timings"] = timings
-        write_json(run_dir / "state.json", state)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(run_dir / "features", ignore_errors=True)
-        result.model_path = model_path
-        result.metrics = metrics
-        result.history = state["history"]
-        result.phases = [PhaseReport(**p) for p in state["phases"]]
-        result.timings = timings
-        result.fallback = state.get("fallback")
-        result.notes = notes
-        return result
-    finally:
+    keras.utils.set_random_seed(plan.data.seed)  # the new head's initial weights, dropout, shuffles
+    with scope():
+        prepared = prepare_model(plan, safe_mode=safe_mode)
         if mixed:
-            keras.mixed_precision.set_global_policy("float32")
+            prepared = to_mixed_precision(prepared)
+    timings["load_and_surgery"] = time.perf_counter() - t0
+    splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
+    result = RunResult(run_dir=run_dir, model_path=None, splits=splits, resumed=resumed,
+                       summary=_summary(prepared.model), notes=notes + prepared.notes)
+    if dry_run:
+        result.dry_run = True
+        for ph in plan.training.phases:
+            counts = set_phase_trainable(prepared, ph.trainable, plan.surgery.bn)
+            t, f = _params(prepared.model)
+            result.phases.append(PhaseReport(
+                name=ph.name, trainable=ph.trainable, epochs=ph.epochs, learning_rate=ph.learning_rate,
+                backbone_learning_rate=ph.backbone_learning_rate, trainable_params=t, frozen_params=f,
+                bottleneck=_use_bottleneck(plan, ph, 0 if ph is plan.training.phases[0] else 1)))
+            del counts
+        return result
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if state is None:
+        state = {"graft_run": 1, "plan_sha": plan_sha, "phases_done": 0, "history": [], "phases": [],
+                 "weights_file": None, "fallback": None, "finished": False, "phase": None}
+        resolved = type(plan).from_dict(plan.to_dict())
+        resolved.outputs.dir = str(run_dir)
+        resolved.data.path = str(Path(plan.data.path).resolve())
+        save_plan(resolved, run_dir / "plan.yaml")
+        write_json(run_dir / "state.json", state)
+    if state.get("finished"):
+        reporter.message(f"{run_dir} already finished; nothing to resume")
+        return _finished_result(run_dir, result, state)
+
+    ckpt_dir = run_dir / "checkpoints"
+    # The fallback trial: does pretrained initialization beat random on this data?
+    if plan.training.fallback is not None and state.get("fallback") is None:
+        with scope():
+            state["fallback"] = _scratch_trial(plan, prepared, data, reporter, jit)
+        write_json(run_dir / "state.json", state)
+    if state.get("fallback") and state["fallback"]["chosen"] == "random":
+        with scope():
+            prepared = scratch(prepared, seed=plan.data.seed)
+    elif plan.training.phases[0].weights == "random":
+        with scope():
+            prepared = scratch(prepared, seed=plan.data.seed)
+        notes.append("the first phase asks for random weights: the backbone starts from scratch")
+    if state.get("weights_file"):
+        prepared.model.load_weights(ckpt_dir / state["weights_file"])
+
+    total_done = len(state["history"])
+    for i, ph in enumerate(plan.training.phases):
+        if i < state["phases_done"]:
+            continue
+        with scope():
+            report = _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
+                                  stop_after_epochs, total_done)
+        if report is None:  # stopped on request (stop_after_epochs)
+            result.history = state["history"]
+            result.notes = notes
+            return result
+        total_done = len(state["history"])
+    timings.update(state.get("timings", {}))
+
+    # Evaluate on the test split (else validation), write everything.
+    t1 = time.perf_counter()
+    eval_name, (files, labels) = ("test", data.test) if data.test[0] else ("val", data.val)
+    if not files:
+        eval_name, (files, labels) = "train", data.train
+        notes.append("no validation or test images: metrics are on the training set")
+    metrics = _evaluate(prepared.model, files, labels, data)
+    metrics["split"] = eval_name
+    timings["evaluate"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    model_path = _save_model(prepared.model, run_dir / "model.keras")
+    from surgery.report import write_run_outputs
+
+    phases = [dict(p) for p in state["phases"]]
+    history = _history_columns(state["history"])
+    write_run_outputs(run_dir, history=history, phases=phases, metrics=metrics,
+                      plan=(type(plan).from_dict(plan.to_dict())).to_dict(),
+                      model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
+                      extra={"preprocessing": prepared.preprocessing, "splits": splits,
+                             "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
+                             "distribution": plan.training.distribution, "resumed": resumed,
+                             "notes": notes})
+    timings["write"] = time.perf_counter() - t2
+    state["finished"] = True
+    state["timings"] = timings
+    write_json(run_dir / "state.json", state)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(run_dir / "features", ignore_errors=True)
+    result.model_path = model_path
+    result.metrics = metrics
+    result.history = state["history"]
+    result.phases = [PhaseReport(**p) for p in state["phases"]]
+    result.timings = timings
+    result.fallback = state.get("fallback")
+    result.notes = notes
+    return result
 
 
 def _numbered(base: Path):

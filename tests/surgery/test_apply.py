@@ -283,3 +283,14 @@ def test_multi_worker_is_refused_with_the_reason(tmp_path):
     with pytest.raises(PlanError, match="keras-team/keras#20585"):
         run(plan)
     assert not (tmp_path / "run").exists()
+
+
+def test_mixed_precision_on_computes_in_float16_and_saves_float32_outputs(tmp_path):
+    plan = make_plan(tmp_path / "run", [Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3)])
+    plan.training.mixed_precision = "on"
+    result = run(plan)
+    model = keras.models.load_model(result.model_path, safe_mode=True)
+    policies = {layer.name: layer.dtype_policy.name for layer in model.layers}
+    assert policies["block1_conv1"] == "mixed_float16" and policies["head_predictions"] == "float32"
+    assert model.predict(np.zeros((1, 32, 32, 3)), verbose=0).dtype == np.float32
+    assert keras.mixed_precision.global_policy().name == "float32"  # nothing global left behind
