@@ -398,7 +398,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     if not files:
         eval_name, (files, labels) = "train", data.train
         notes.append("no validation or test images: metrics are on the training set")
-    metrics = _evaluate(prepared.model, files, labels, data)
+    metrics = _evaluate(prepared.model, files, labels, data, distributed=strategy is not None)
     metrics["split"] = eval_name
     timings["evaluate"] = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -544,7 +544,7 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
     factors = lr_factors(train_model, head_names, ph.learning_rate, ph.backbone_learning_rate)
     _compile(train_model, ph, factors, jit)
     if entry["epochs_done"]:
-        model.load_weights(ckpt_dir / entry["last_file"])  # the head model shares these layers
+        train_model.load_weights(ckpt_dir / entry["last_file"])  # the head model when bottlenecked
         load_optimizer(train_model.optimizer, ckpt_dir / entry["optimizer_file"], train_model.trainable_variables)
         reporter.message(f"phase {ph.name}: resuming after epoch {entry['epochs_done']} of {ph.epochs}")
     if entry.get("stopped_early") or entry["epochs_done"] >= ph.epochs:
@@ -558,7 +558,7 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
     def on_epoch(epoch, logs, seconds):
         reporter.epoch(ph.name, epoch + 1, ph.epochs, logs, seconds)
 
-    ckpt = Checkpointer(run_dir, state, model, monitor, ph.early_stopping_patience, on_epoch)
+    ckpt = Checkpointer(run_dir, state, train_model, monitor, ph.early_stopping_patience, on_epoch)
     keras.utils.set_random_seed(plan.data.seed + 1000 * i + entry["epochs_done"])
     if end_epoch > entry["epochs_done"]:
         train_model.fit(**fit_args, epochs=end_epoch, initial_epoch=entry["epochs_done"], callbacks=[ckpt],
@@ -569,7 +569,7 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         return None
     # Phase done: keep the best epoch's weights, checkpoint the phase's end, forget its epoch files.
     if entry.get("best_file"):
-        model.load_weights(ckpt_dir / entry["best_file"])
+        train_model.load_weights(ckpt_dir / entry["best_file"])
     end = save_weights_atomic(model, ckpt_dir / f"phase-{i:02d}.weights.h5")
     epochs_run = entry["epochs_done"]
     seconds = entry["seconds"]
@@ -623,14 +623,15 @@ def _scratch_trial(plan, prepared, data, reporter: Reporter, jit) -> dict:
                        f"(margin {fb.margin})")}
 
 
-def _evaluate(model, files, labels, data) -> dict:
+def _evaluate(model, files, labels, data, distributed: bool = False) -> dict:
     from surgery.metrics import classification_metrics
     from surgery.pipeline import indexed_image_batches
 
     labels_arr = np.asarray(labels)
     ys, ps = [], []
     for idx, images in indexed_image_batches(files, data.spec, batch_size=max(data.spec.batch_size, 64)):
-        ps.append(np.asarray(model.predict(images, batch_size=len(images), verbose=0), dtype="float32"))
+        out = model.predict(images, batch_size=len(images), verbose=0) if distributed else model.predict_on_batch(images)
+        ps.append(np.asarray(out, dtype="float32"))
         ys.append(labels_arr[idx])
     if not ps:
         raise DatasetError("none of the evaluation images could be decoded")

@@ -117,8 +117,8 @@ class Checkpointer(keras.callbacks.Callback):
     Args:
         run_dir: the run directory (checkpoints go to `run_dir/checkpoints`).
         state: the run state dict (saved as `state.json`); this phase's entry is `state["phase"]`.
-        weights_model: the model whose weights are checkpointed (the full model, also when a
-            bottleneck head model trains: the head's layers are shared).
+        weights_model: the model whose weights are checkpointed: the full model, or the head
+            model when a bottleneck phase trains only the head (the backbone is unchanged then).
         monitor: `val_loss`, or `loss` when there is no validation set.
         patience: epochs without improvement before stopping (None: never).
         on_epoch: called with (epoch, logs, seconds) after the state is committed.
@@ -147,14 +147,19 @@ class Checkpointer(keras.callbacks.Callback):
         value = logs.get(self.monitor, logs.get("loss", math.inf))
         improved = value < ph.get("best", math.inf) - 1e-7
         tag = f"{ph['index']:02d}-{epoch + 1:03d}"
-        if improved:
-            best = save_weights_atomic(self.weights_model, self.ckpt_dir / f"best-{tag}.weights.h5")
+        last = save_weights_atomic(self.weights_model, self.ckpt_dir / f"last-{tag}.weights.h5")
+        if improved:  # the best weights are this epoch's: a hard link, not a second write
+            best = self.ckpt_dir / f"best-{tag}.weights.h5"
+            best.unlink(missing_ok=True)
+            try:
+                os.link(last, best)
+            except OSError:
+                save_weights_atomic(self.weights_model, best)
             old_best = ph.get("best_file")
             ph.update(best=value, best_epoch=epoch + 1, best_file=best.name, wait=0)
         else:
             old_best = None
             ph["wait"] = ph.get("wait", 0) + 1
-        last = save_weights_atomic(self.weights_model, self.ckpt_dir / f"last-{tag}.weights.h5")
         opt = write_bytes(self.ckpt_dir / f"optimizer-{tag}.npz", optimizer_bytes(self.model.optimizer))
         old_last, old_opt = ph.get("last_file"), ph.get("optimizer_file")
         ph.update(epochs_done=epoch + 1, last_file=last.name, optimizer_file=opt.name)
