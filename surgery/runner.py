@@ -33,6 +33,10 @@ from graft.errors import DatasetError, InputError, PlanError
 # then warns that the input "ran out of data" at the end of every epoch. That is expected here.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
 
+#: Decoded, resized training images are cached in memory when all of them fit in this many bytes
+#: (float32); larger data sets stream from disk every epoch. Set GRAFT_CACHE_BYTES to change it.
+CACHE_BUDGET = int(os.environ.get("GRAFT_CACHE_BYTES", 2**30))
+
 RUN_FILES = ("state.json", "model.keras", "metrics.json", "report.html")
 
 
@@ -192,9 +196,14 @@ def _data(plan) -> _Data:
     has_splits = any(split)
     splits = stratified_split(files, labels, split if has_splits else None, d.validation_split,
                               d.test_split, d.seed)
+    decoded = len(files) * d.input_size[0] * d.input_size[1] * d.channels * 4
+    cache = decoded <= CACHE_BUDGET
+    if cache:
+        notes.append(f"decoded images are kept in memory after the first epoch ({decoded / 2**20:,.0f} MiB, "
+                     f"under the {CACHE_BUDGET / 2**30:g} GiB budget)")
     spec = DataSpec(input_size=tuple(d.input_size), channels=d.channels, batch_size=d.batch_size,
                     validation_split=d.validation_split, test_split=d.test_split, seed=d.seed,
-                    augment=_augment(d.augmentation))
+                    augment=_augment(d.augmentation), cache=cache)
     return _Data(classes, splits.train, splits.val, splits.test, spec, notes)
 
 
@@ -211,23 +220,39 @@ def _augment(aug: dict) -> dict:
 # ------------------------------------------------------------------------------------------ features
 
 
-def _features(model: keras.Model, head: list[str], files: list[str], labels: list[int], spec,
-              cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features (through the head's weightless pooling layer) of the files, once."""
+PREDICT_BATCH = 64
+
+
+def _predict(model: keras.Model, files: list[str], labels: list[int], spec, distributed: bool = False):
+    """Outputs of `model` for the decodable files, and their labels, streamed in batches.
+
+    Every batch has the same shape (the last one padded), so the compiled predict function is traced
+    once; under a distribution strategy, `predict` splits each batch across the replicas.
+    """
     from surgery.pipeline import indexed_image_batches
 
+    outs, ys = [], []
+    labels_arr = np.asarray(labels)
+    for idx, images in indexed_image_batches(files, spec, batch_size=PREDICT_BATCH):
+        n = len(images)
+        if n < PREDICT_BATCH:
+            images = np.concatenate([images, np.zeros((PREDICT_BATCH - n, *images.shape[1:]), images.dtype)])
+        out = (model.predict(images, batch_size=PREDICT_BATCH, verbose=0) if distributed
+               else model.predict_on_batch(images))
+        outs.append(np.asarray(out, dtype="float32")[:n])
+        ys.append(labels_arr[idx])
+    if not outs:
+        raise DatasetError("none of the images could be decoded; check the data set with `python cli.py advise`")
+    return np.concatenate(outs), np.concatenate(ys).astype("int32")
+
+
+def _features(feat_model: keras.Model, files: list[str], labels: list[int], spec,
+              cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features (through the head's weightless pooling layer) of the files, once."""
     if cache is not None and cache.exists():
         with np.load(cache) as z:
             return z["x"], z["y"]
-    feat_model = _feature_model(model, head)
-    xs, ys = [], []
-    labels_arr = np.asarray(labels)
-    for idx, images in indexed_image_batches(files, spec, batch_size=max(spec.batch_size, 64)):
-        xs.append(np.asarray(feat_model.predict_on_batch(images), dtype="float32"))
-        ys.append(labels_arr[idx])
-    if not xs:
-        raise DatasetError("none of the images could be decoded")
-    x, y = np.concatenate(xs), np.concatenate(ys).astype("int32")
+    x, y = _predict(feat_model, files, labels, spec)
     if cache is not None:
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
@@ -522,10 +547,11 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         reporter.message(f"phase {ph.name}: computing backbone features once (bottleneck)")
         fdir = run_dir / "features"
         fdir.mkdir(exist_ok=True)
-        xtr, ytr = _features(model, prepared.head, *data.train, data.spec, fdir / "train.npz")
+        feat_model = _feature_model(model, prepared.head)
+        xtr, ytr = _features(feat_model, *data.train, data.spec, fdir / "train.npz")
         val = None
         if data.val[0]:
-            xv, yv = _features(model, prepared.head, *data.val, data.spec, fdir / "val.npz")
+            xv, yv = _features(feat_model, *data.val, data.spec, fdir / "val.npz")
             val = (xv, yv)
         state.setdefault("timings", {})["features"] = state.get("timings", {}).get("features", 0) + (
             time.perf_counter() - t0)
@@ -625,18 +651,8 @@ def _scratch_trial(plan, prepared, data, reporter: Reporter, jit) -> dict:
 
 def _evaluate(model, files, labels, data, distributed: bool = False) -> dict:
     from surgery.metrics import classification_metrics
-    from surgery.pipeline import indexed_image_batches
 
-    labels_arr = np.asarray(labels)
-    ys, ps = [], []
-    for idx, images in indexed_image_batches(files, data.spec, batch_size=max(data.spec.batch_size, 64)):
-        out = model.predict(images, batch_size=len(images), verbose=0) if distributed else model.predict_on_batch(images)
-        ps.append(np.asarray(out, dtype="float32"))
-        ys.append(labels_arr[idx])
-    if not ps:
-        raise DatasetError("none of the evaluation images could be decoded")
-    prob = np.concatenate(ps)
-    y = np.concatenate(ys)
+    prob, y = _predict(model, files, labels, data.spec, distributed)
     return classification_metrics(y, prob.argmax(axis=1), data.classes, y_prob=prob)
 
 

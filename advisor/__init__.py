@@ -1,0 +1,29 @@
+"""advisor: data set facts, how the pretrained network sees the data, the rule table, and the plan.
+
+    from advisor import advise
+    advice = advise("dataset/", model="model.keras")      # -> Advice: facts, decision + trace, plan
+
+`advisor.advise` is the function (its module is `advisor.advise` in `sys.modules`; import helpers
+from it with `from advisor.advise import ...`).
+"""
+
+from advisor.advise import Advice, advise
+from advisor.dataset import DatasetFacts, list_images, scan
+from advisor.plan import Plan, dump_plan, load_plan, save_plan
+from advisor.rules import Decision, RuleTable, evaluate, load_rules
+
+__all__ = [
+    "Advice",
+    "DatasetFacts",
+    "Decision",
+    "Plan",
+    "RuleTable",
+    "advise",
+    "dump_plan",
+    "evaluate",
+    "list_images",
+    "load_plan",
+    "load_rules",
+    "save_plan",
+    "scan",
+]
