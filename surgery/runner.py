@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import os
 import shutil
 import time
@@ -100,6 +101,21 @@ class Reporter:
 
     def epoch(self, phase: str, epoch: int, epochs: int, logs: dict, seconds: float) -> None:
         pass
+
+    def batch(self, phase: str, epoch: int, step: int, steps: int) -> None:
+        """Called after every training batch (step counts from 1)."""
+
+
+class _BatchProgress(keras.callbacks.Callback):
+    def __init__(self, reporter: Reporter, phase: str, steps: int):
+        super().__init__()
+        self.reporter, self.phase, self.steps, self.current = reporter, phase, steps, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.reporter.batch(self.phase, self.current, batch + 1, self.steps)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -364,14 +380,13 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
                        summary=_summary(prepared.model), notes=notes + prepared.notes)
     if dry_run:
         result.dry_run = True
-        for ph in plan.training.phases:
-            counts = set_phase_trainable(prepared, ph.trainable, plan.surgery.bn)
+        for index, ph in enumerate(plan.training.phases):
+            set_phase_trainable(prepared, ph.trainable, plan.surgery.bn)
             t, f = _params(prepared.model)
             result.phases.append(PhaseReport(
                 name=ph.name, trainable=ph.trainable, epochs=ph.epochs, learning_rate=ph.learning_rate,
                 backbone_learning_rate=ph.backbone_learning_rate, trainable_params=t, frozen_params=f,
-                bottleneck=_use_bottleneck(plan, ph, 0 if ph is plan.training.phases[0] else 1)))
-            del counts
+                bottleneck=_use_bottleneck(plan, ph, index)))
         return result
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -585,9 +600,10 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         reporter.epoch(ph.name, epoch + 1, ph.epochs, logs, seconds)
 
     ckpt = Checkpointer(run_dir, state, train_model, monitor, ph.early_stopping_patience, on_epoch)
+    progress = _BatchProgress(reporter, ph.name, math.ceil(n_images / plan.data.batch_size))
     keras.utils.set_random_seed(plan.data.seed + 1000 * i + entry["epochs_done"])
     if end_epoch > entry["epochs_done"]:
-        train_model.fit(**fit_args, epochs=end_epoch, initial_epoch=entry["epochs_done"], callbacks=[ckpt],
+        train_model.fit(**fit_args, epochs=end_epoch, initial_epoch=entry["epochs_done"], callbacks=[ckpt, progress],
                         class_weight=cw, verbose=0)
     entry["seconds"] = entry.get("seconds", 0.0) + time.perf_counter() - t0
     if stop_now and not entry.get("stopped_early"):

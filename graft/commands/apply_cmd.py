@@ -29,11 +29,38 @@ def register(sub) -> None:
 
 
 class _ConsoleReporter:
-    """Per-epoch lines on stderr (plain when not a terminal; rich markup when it is)."""
+    """Per-epoch lines on stderr, and on a terminal a live bar for the batches of the current epoch."""
 
     def __init__(self, quiet: bool):
         self.console = Console(stderr=True, highlight=False)
         self.quiet = quiet
+        self.progress = None
+        self.task = None
+        if not quiet and self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+
+    def batch(self, phase: str, epoch: int, step: int, steps: int) -> None:
+        if self.progress is None:
+            return
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("", total=steps)
+        self.progress.update(self.task, completed=min(step, steps), total=max(steps, step),
+                             description=f"{phase} epoch {epoch}")
+
+    def close(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.stop()
+            self.task = None
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -42,6 +69,8 @@ class _ConsoleReporter:
     def epoch(self, phase: str, epoch: int, epochs: int, logs: dict, seconds: float) -> None:
         if self.quiet:
             return
+        if self.task is not None:
+            self.progress.reset(self.task)
         parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
         self.console.print(f"[bold]{phase}[/] epoch {epoch}/{epochs}  " + "  ".join(parts) + f"  ({seconds:.1f} s)")
 
@@ -68,8 +97,11 @@ def run(args) -> int:
 
     plan = load_plan(args.plan)
     reporter = _ConsoleReporter(quiet=args.json)
-    result = run_plan(plan, out_dir=args.out, resume=args.resume, dry_run=args.dry_run,
-                      safe_mode=False if args.unsafe else None, reporter=reporter)
+    try:
+        result = run_plan(plan, out_dir=args.out, resume=args.resume, dry_run=args.dry_run,
+                          safe_mode=False if args.unsafe else None, reporter=reporter)
+    finally:
+        reporter.close()
     if args.json:
         out = {"run_dir": str(result.run_dir), "model": str(result.model_path) if result.model_path else None,
                "dry_run": result.dry_run, "resumed": result.resumed, "splits": result.splits,

@@ -294,3 +294,11 @@ def test_mixed_precision_on_computes_in_float16_and_saves_float32_outputs(tmp_pa
     assert policies["block1_conv1"] == "mixed_float16" and policies["head_predictions"] == "float32"
     assert model.predict(np.zeros((1, 32, 32, 3)), verbose=0).dtype == np.float32
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing global left behind
+
+
+def test_same_plan_and_seed_repeat_exactly(tmp_path):
+    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=3e-3)]
+    results = [run(make_plan(tmp_path / f"run{i}", phases, augmentation={"flip": "horizontal", "zoom": 0.1}))
+               for i in range(2)]
+    a, b = (trained_weights(r)["head_predictions"] for r in results)
+    assert same(a, b) and results[0].metrics == results[1].metrics
