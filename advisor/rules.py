@@ -237,8 +237,11 @@ def _rule_trace_dict(t: RuleTrace) -> dict:
 
 
 def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; the names are: {', '.join(sorted(names))}" if 0 < len(names) <= 30 else ""
 
 
 class _Loader:

@@ -54,6 +54,10 @@ class YamlDoc:
 def _build(node: yaml.Node, path: Path_, lines: dict, constructor: yaml.constructor.SafeConstructor,
            source: str):
     lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in (
+            "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap"):
+        raise InputError(f"{source}:{node.start_mark.line + 1}: the tag {node.tag} is not allowed; "
+                         "graft reads plain YAML (mappings, lists, strings, numbers, booleans)")
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:

@@ -406,3 +406,11 @@ def test_a_failed_save_leaves_the_old_file_and_no_partial_file(tmp_path, plan, m
     monkeypatch.undo()
     assert path.read_text() == "old content\n"
     assert os.listdir(tmp_path) == ["plan.yaml"]
+
+
+@pytest.mark.parametrize("tagged", ["model: !!python/object:os.system {}", "model: !!set {a: null}",
+                                    "model: !custom [1, 2]"])
+def test_tags_on_mappings_and_lists_are_refused_with_the_line(tagged):
+    text = "plan_version: 1\n" + tagged + "\n"
+    with pytest.raises(PlanError, match=r"^plan.yaml:2: the tag .* is not allowed"):
+        load_plan("plan.yaml", text=text)

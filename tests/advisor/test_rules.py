@@ -564,7 +564,7 @@ def test_python_in_a_condition_is_data_never_run(tmp_path, where):
     assert not marker.exists()
     expected = {"value": "is not a threshold", "fact": "unknown fact", "operator": "unknown operator",
                 "condition": "must be a mapping like {lt: 1000}", "reason": "reason",
-                "tag_scalar": "not valid YAML", "tag_sequence": "cannot be compared"}[where]
+                "tag_scalar": "not valid YAML", "tag_sequence": "is not allowed"}[where]
     assert expected in str(err.value)
 
 
