@@ -100,6 +100,12 @@ def run(args) -> int:
     try:
         result = run_plan(plan, out_dir=args.out, resume=args.resume, dry_run=args.dry_run,
                           safe_mode=False if args.unsafe else None, reporter=reporter)
+    except KeyboardInterrupt:
+        reporter.close()
+        out = f" --out {args.out}" if args.out else ""
+        print(f"graft: interrupted; every completed epoch is saved: continue with "
+              f"`python cli.py apply {args.plan}{out} --resume`", file=sys.stderr)
+        return 130
     finally:
         reporter.close()
     if args.json:
