@@ -33,6 +33,7 @@ from graft.errors import DatasetError, InputError, PlanError
 # Streamed data sets skip undecodable files, so their length is unknown until an epoch ends; Keras
 # then warns that the input "ran out of data" at the end of every epoch. That is expected here.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
+warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")  # graft shuffles itself
 
 #: Decoded, resized training images are cached in memory when all of them fit in this many bytes
 #: (float32); larger data sets stream from disk every epoch. Set GRAFT_CACHE_BYTES to change it.
@@ -276,6 +277,17 @@ def _features(feat_model: keras.Model, files: list[str], labels: list[int], spec
 
         write_bytes(cache, buf.getvalue())
     return x, y
+
+
+def _feature_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int, phase: int, start: int, end: int):
+    """Batches of features for epochs start..end-1, each epoch in its own seeded order (a tf.data
+    stream that `fit` reads across epochs with `steps_per_epoch`)."""
+    import tensorflow as tf
+
+    features, labels = tf.constant(x), tf.constant(y)
+    orders = np.stack([np.random.default_rng([seed, phase, e]).permutation(len(y)) for e in range(start, end)])
+    ds = tf.data.Dataset.from_tensor_slices(orders).flat_map(lambda o: tf.data.Dataset.from_tensor_slices(o).batch(batch))
+    return ds.map(lambda idx: (tf.gather(features, idx), tf.gather(labels, idx))).prefetch(tf.data.AUTOTUNE)
 
 
 def _frozen_head_start(model: keras.Model, head: list[str]) -> int:
@@ -571,8 +583,7 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         state.setdefault("timings", {})["features"] = state.get("timings", {}).get("features", 0) + (
             time.perf_counter() - t0)
         train_model = _head_model(model, prepared.head, xtr.shape[1:])
-        fit_args = {"x": xtr, "y": ytr, "batch_size": plan.data.batch_size, "shuffle": True,
-                    "validation_data": val}
+        fit_args = {}
         n_images = len(ytr)
     else:
         train_ds = make_dataset(*data.train, data.spec, training=True, num_classes=len(data.classes))
@@ -586,7 +597,8 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
     _compile(train_model, ph, factors, jit)
     if entry["epochs_done"]:
         train_model.load_weights(ckpt_dir / entry["last_file"])  # the head model when bottlenecked
-        load_optimizer(train_model.optimizer, ckpt_dir / entry["optimizer_file"], train_model.trainable_variables)
+        load_optimizer(train_model.optimizer, ckpt_dir / entry["optimizer_file"], train_model.trainable_variables,
+                       train_model)
         reporter.message(f"phase {ph.name}: resuming after epoch {entry['epochs_done']} of {ph.epochs}")
     if entry.get("stopped_early") or entry["epochs_done"] >= ph.epochs:
         epochs_left = 0
@@ -603,7 +615,12 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
     progress = _BatchProgress(reporter, ph.name, math.ceil(n_images / plan.data.batch_size))
     keras.utils.set_random_seed(plan.data.seed + 1000 * i + entry["epochs_done"])
     if end_epoch > entry["epochs_done"]:
-        train_model.fit(**fit_args, epochs=end_epoch, initial_epoch=entry["epochs_done"], callbacks=[ckpt, progress],
+        args = dict(fit_args)
+        if bottleneck:  # batch order drawn per (seed, phase, epoch): the same after a resume
+            args = {"x": _feature_batches(xtr, ytr, plan.data.batch_size, plan.data.seed, i, entry["epochs_done"],
+                                          end_epoch),
+                    "steps_per_epoch": math.ceil(len(ytr) / plan.data.batch_size), "validation_data": val}
+        train_model.fit(**args, epochs=end_epoch, initial_epoch=entry["epochs_done"], callbacks=[ckpt, progress],
                         class_weight=cw, verbose=0)
     entry["seconds"] = entry.get("seconds", 0.0) + time.perf_counter() - t0
     if stop_now and not entry.get("stopped_early"):

@@ -87,21 +87,36 @@ def _leaf_layers(model):
             yield layer
 
 
-def optimizer_bytes(optimizer) -> bytes:
+def _rng_states(model) -> list:
+    """The random-generator states of the model's layers (Dropout, random augmentation): saved with
+    the optimizer so that a resumed run draws the same dropout masks as an uninterrupted one."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def optimizer_bytes(optimizer, model=None) -> bytes:
+    """The optimizer's variables (slots, step count) and the model's random-generator states."""
     buf = io.BytesIO()
-    np.savez(buf, *[np.asarray(v.numpy()) for v in optimizer.variables])
+    arrays = {f"opt_{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+    if model is not None:
+        arrays.update({f"rng_{i}": np.asarray(v.numpy()) for i, v in enumerate(_rng_states(model))})
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
-def load_optimizer(optimizer, path: Path, trainable_variables) -> None:
-    """Build `optimizer` for the variables and restore its saved variables (slots, step count)."""
+def load_optimizer(optimizer, path: Path, trainable_variables, model=None) -> None:
+    """Build `optimizer` for the variables and restore what `optimizer_bytes` saved."""
     optimizer.build(trainable_variables)
     with np.load(path) as data:
-        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
-    if len(arrays) != len(optimizer.variables):
-        raise ValueError(f"optimizer checkpoint {path} has {len(arrays)} variables, expected {len(optimizer.variables)}")
-    for var, arr in zip(optimizer.variables, arrays):
+        opt = [data[f"opt_{i}"] for i in range(sum(k.startswith("opt_") for k in data.files))]
+        rng = [data[f"rng_{i}"] for i in range(sum(k.startswith("rng_") for k in data.files))]
+    if len(opt) != len(optimizer.variables):
+        raise ValueError(f"optimizer checkpoint {path} has {len(opt)} variables, expected {len(optimizer.variables)}")
+    for var, arr in zip(optimizer.variables, opt):
         var.assign(arr)
+    states = _rng_states(model) if model is not None else []
+    if len(states) == len(rng):
+        for var, arr in zip(states, rng):
+            var.assign(arr)
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> Path:
@@ -160,7 +175,7 @@ class Checkpointer(keras.callbacks.Callback):
         else:
             old_best = None
             ph["wait"] = ph.get("wait", 0) + 1
-        opt = write_bytes(self.ckpt_dir / f"optimizer-{tag}.npz", optimizer_bytes(self.model.optimizer))
+        opt = write_bytes(self.ckpt_dir / f"optimizer-{tag}.npz", optimizer_bytes(self.model.optimizer, self.model))
         old_last, old_opt = ph.get("last_file"), ph.get("optimizer_file")
         ph.update(epochs_done=epoch + 1, last_file=last.name, optimizer_file=opt.name)
         row = {"phase": ph["name"], "epoch": len(self.state["history"]) + 1, "phase_epoch": epoch + 1,

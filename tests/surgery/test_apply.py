@@ -302,3 +302,17 @@ def test_same_plan_and_seed_repeat_exactly(tmp_path):
                for i in range(2)]
     a, b = (trained_weights(r)["head_predictions"] for r in results)
     assert same(a, b) and results[0].metrics == results[1].metrics
+
+
+def test_resume_inside_a_bottleneck_phase_matches_an_uninterrupted_run(tmp_path):
+    phases = [Phase(name="head", trainable="head", epochs=4, learning_rate=3e-3)]
+    whole_plan, plan = make_plan(tmp_path / "whole", phases), make_plan(tmp_path / "split", phases)
+    whole_plan.surgery.head.dropout = plan.surgery.head.dropout = 0.3  # dropout RNG state is resumed too
+    whole = run(whole_plan)
+    partial = run(plan, stop_after_epochs=2)
+    assert len(partial.history) == 2 and (tmp_path / "split" / "features" / "train.npz").exists()
+    done = run(plan, resume=True)
+    assert done.phases[0].bottleneck and [r["epoch"] for r in done.history] == [1, 2, 3, 4]
+    for a, b in zip(whole.history, done.history):  # same losses: weights and optimizer state resumed
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert same(trained_weights(whole)["head_predictions"], trained_weights(done)["head_predictions"])
