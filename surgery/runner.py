@@ -627,9 +627,15 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         write_json(run_dir / "state.json", state)
         return None
     # Phase done: keep the best epoch's weights, checkpoint the phase's end, forget its epoch files.
-    if entry.get("best_file"):
+    best_is_last = entry.get("best_epoch") == entry["epochs_done"] and not stop_now
+    if entry.get("best_file") and not best_is_last:  # the weights in memory are the last epoch's
         train_model.load_weights(ckpt_dir / entry["best_file"])
-    end = save_weights_atomic(model, ckpt_dir / f"phase-{i:02d}.weights.h5")
+    end = ckpt_dir / f"phase-{i:02d}.weights.h5"
+    if best_is_last and train_model is model and entry.get("last_file"):
+        end.unlink(missing_ok=True)
+        os.link(ckpt_dir / entry["last_file"], end)  # same bytes as the last epoch's checkpoint
+    else:
+        save_weights_atomic(model, end)
     epochs_run = entry["epochs_done"]
     seconds = entry["seconds"]
     report = PhaseReport(
