@@ -174,7 +174,9 @@ def _type_name(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(item)
+        return f"a list of {plural}" if plural else f"a list (of {_type_name(item)})"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):

@@ -157,13 +157,13 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(text):
      "'training.phases.0.learning_rate' must be a number, not 'fast'"),
     ("model:", "  safe_mode: true", "  safe_mode: 1", "'model.safe_mode' must be true or false, not 1"),
     ("outputs:", "  dir: runs/cifar_b-linear_probe", "  dir: [runs]", "'outputs.dir' must be a string, not ['runs']"),
-    ("surgery:", "    hidden: []", "    hidden: 128", "'surgery.head.hidden' must be a list of an integer, not 128"),
+    ("surgery:", "    hidden: []", "    hidden: 128", "'surgery.head.hidden' must be a list of integers, not 128"),
     ("surgery:", "    hidden: []", "    hidden: [128, wide]", "'surgery.head.hidden.1' must be an integer, not 'wide'"),
     ("model:", "  weights: imagenet", "  weights: 3", "'model.weights' must be a string, not 3"),
     ("training:", "  fallback: null", "  fallback: {scratch_trial_epochs: 2, margin: x}",
      "'training.fallback.margin' must be a number, not 'x'"),
     ("training:", "  fallback: null", "  fallback: 3", "'training.fallback' must be a mapping, not int"),
-    ("surgery:", "  reinitialize: []", "  reinitialize: conv1", "'surgery.reinitialize' must be a list of a string"),
+    ("surgery:", "  reinitialize: []", "  reinitialize: conv1", "'surgery.reinitialize' must be a list of strings"),
 ])
 def test_wrong_types_name_the_line(text, section, old, new, message):
     text, line = edit(text, section, old, new)
