@@ -215,7 +215,8 @@ class LayerGraph:
                 name=name,
                 suggestions=matches,
             )
-        candidates = list(self.calls) + sorted({c.name for c in self.calls.values()})
+        # ids and layer names coincide for top-level layers: each candidate once
+        candidates = list(dict.fromkeys([*self.calls, *sorted({c.name for c in self.calls.values()})]))
         close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise LayerNotFoundError(

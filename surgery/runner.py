@@ -343,7 +343,14 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
             the run directory already holds another run (and `resume` is not set).
     """
     from advisor.plan import save_plan
-    from surgery.prepare import prepare_model, scratch, set_phase_trainable, to_mixed_precision
+    from surgery.graph import layer_graph
+    from surgery.prepare import (
+        prepare_model,
+        scratch,
+        set_phase_trainable,
+        to_mixed_precision,
+        trainable_region,
+    )
     from surgery.train import read_state
 
     reporter = reporter or Reporter()
@@ -356,6 +363,9 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
 
     if not dry_run:
         run_dir = _choose_run_dir(run_dir, explicit=out_dir is not None, resume=resume)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise InputError(f"run directory {run_dir} is a file; choose a folder with --out DIR (nothing was "
+                             "overwritten)")
     state = read_state(run_dir) if run_dir.exists() else None
     if not dry_run:
         if state is None and run_dir.exists() and any(run_dir.iterdir()):
@@ -386,6 +396,9 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         prepared = prepare_model(plan, safe_mode=safe_mode)
         if mixed:
             prepared = to_mixed_precision(prepared)
+    graph = layer_graph(prepared.model)
+    for ph in plan.training.phases:  # a bad `trainable` fails now, before the run directory exists
+        trainable_region(graph, prepared.head, ph.trainable)
     timings["load_and_surgery"] = time.perf_counter() - t0
     splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
     result = RunResult(run_dir=run_dir, model_path=None, splits=splits, resumed=resumed,

@@ -229,14 +229,22 @@ def test_cli_apply_bad_inputs_exit_2_with_one_line(tmp_path):
     wrong_classes = save_plan(Plan.from_dict({**plan.to_dict(), "surgery": {
         **plan.to_dict()["surgery"], "head": {**plan.to_dict()["surgery"]["head"], "classes": 7}}}),
         tmp_path / "classes.yaml")
+    bad_layer = plan.to_dict()
+    bad_layer["training"]["phases"][0]["trainable"] = "from:block9_pool"
+    bad_layer = save_plan(Plan.from_dict(bad_layer), tmp_path / "layer.yaml")
+    good = save_plan(plan, tmp_path / "good.yaml")
+    (tmp_path / "a_file").write_text("keep me")
     for args, needle in (([str(tmp_path / "missing.yaml")], "no such plan file"),
                          ([str(bad)], "did you mean 'pooling'"),
-                         ([str(wrong_classes)], "has 5 classes")):
+                         ([str(wrong_classes)], "has 5 classes"),
+                         ([str(bad_layer)], "No layer named 'block9_pool'"),
+                         ([str(good), "--out", str(tmp_path / "a_file")], "is a file")):
         proc = _cli("apply", *args, cwd=tmp_path)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("graft: error:") and needle in lines[0], proc.stderr
-    assert bad.read_text() == text  # inputs untouched
+    assert bad.read_text() == text and (tmp_path / "a_file").read_text() == "keep me"  # inputs untouched
+    assert not (tmp_path / "run").exists()  # nothing half-made: a corrected plan starts without --resume
 
 
 def test_cli_dry_run_prints_plan_and_model(tmp_path):
