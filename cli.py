@@ -13,12 +13,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
 
-from graft.quiet import import_tensorflow_quietly  # noqa: E402
-
-import_tensorflow_quietly()
-
 from graft.commands import COMMANDS  # noqa: E402
 from graft.errors import GraftError  # noqa: E402
+from graft.quiet import import_tensorflow_quietly  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "uses_keras", False):  # only the commands that need it pay for TensorFlow's import
+        import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
     except GraftError as exc:

@@ -245,7 +245,9 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     facts["gpu"] = gpu_count() > 0
     mfacts, emb, cut_layer = None, None, None
     source = str(model) if model is not None else DEFAULT_MODEL
-    is_file = model is not None and (Path(str(model)).suffix.lower() in (".keras", ".h5") or Path(str(model)).exists())
+    from surgery.load import is_model_file
+
+    is_file = model is not None and is_model_file(model)
     if is_file and Path(source).is_file():
         source = str(Path(source).resolve())  # like data.path: the plan works from any directory
     weights = weights or ("file" if is_file else "imagenet")

@@ -130,9 +130,9 @@ def write_json(
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` when the block succeeds.
 
-    The temporary name keeps the target's suffix (`model.keras` -> `.model.XXXX.keras`) so that
-    writers that choose a format from the extension (`keras.Model.save`, matplotlib `savefig`)
-    work. If the block raises, or writes nothing, the temporary file is removed and the target is
+    The temporary name keeps the target's last two suffixes (`model.keras` -> `.model.XXXX.keras`,
+    `w.weights.h5` -> `.w.XXXX.weights.h5`) so that writers that choose a format from the name
+    (`keras.Model.save`, `save_weights`, matplotlib `savefig`) work. If the block raises, or writes nothing, the temporary file is removed and the target is
     left untouched.
 
     Args:
@@ -146,7 +146,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
+    suffix = "".join(target.suffixes[-2:])  # `x.weights.h5` keeps `.weights.h5`, which Keras requires
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[: -len(suffix) or None]}.", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
     # Some writers refuse to overwrite an existing file; hand over a free name.

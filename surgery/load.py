@@ -13,6 +13,13 @@ from graft.errors import ModelLoadError
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
+def is_model_file(source: str | os.PathLike) -> bool:
+    """Whether `source` names a model file (by suffix, or because it exists) rather than a
+    `keras.applications` name."""
+    path = Path(os.fspath(source))
+    return path.suffix.lower() in MODEL_SUFFIXES or path.exists()
+
+
 def application_names() -> dict[str, str]:
     """`keras.applications` constructors by lower-case name (`resnet50` -> `ResNet50`)."""
     return {
@@ -50,7 +57,7 @@ def load_model(source: str | os.PathLike, weights: str | None = "imagenet",
     """
     text = os.fspath(source)
     path = Path(text)
-    if path.suffix.lower() in MODEL_SUFFIXES or path.exists():
+    if is_model_file(path):
         if not path.exists():
             raise ModelLoadError(f"Model file {text} does not exist. Check the path, or pass a keras.applications name such as resnet50.")
         if path.is_dir():

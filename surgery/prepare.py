@@ -9,7 +9,6 @@ lists. `set_phase_trainable` then marks, in place, which layers a training phase
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,17 +16,15 @@ import numpy as np
 from graft.errors import InputError, PlanError
 from surgery.graph import LayerGraph, layer_graph
 from surgery.head import find_head, replace_head
-from surgery.load import MODEL_SUFFIXES, load_model
+from surgery.load import is_model_file, load_model
 from surgery.locate import locate, nearest_cut_by_depth
 from surgery.reinit import reinitialize
 
-#: keras.applications families whose preprocessing sits outside the model, and its mode.
-_MODES = {
-    "resnet50v2": "tf", "resnet101v2": "tf", "resnet152v2": "tf",
-    "resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe",
-    "mobilenetv2": "tf", "mobilenet": "tf", "densenet": "torch",
-    "inception_v3": "tf", "inception_resnet_v2": "tf", "xception": "tf", "nasnet": "tf",
-}
+#: The `preprocess_input` mode of each keras.applications module whose preprocessing sits outside
+#: the model (`advisor.preprocessing` finds the module from the model's name).
+_MODES = {"resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe", "densenet": "torch", "resnet_v2": "tf",
+          "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf", "inception_resnet_v2": "tf",
+          "xception": "tf", "nasnet": "tf"}
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype="float32")
@@ -53,22 +50,12 @@ class Prepared:
     preprocessing: str
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def graph(self) -> LayerGraph:
-        return layer_graph(self.model)
 
-
-def _preprocessing_mode(model: keras.Model) -> str | None:
-    from advisor.preprocessing import model_preprocessing
-
-    found = model_preprocessing(model).name
+def _preprocessing_mode(found: str) -> str | None:
+    """The mode of `advisor.preprocessing`'s answer `keras.applications.<module>.preprocess_input`."""
     if not found.startswith("keras.applications."):
         return None
-    name = model.name.lower()
-    for prefix in sorted(_MODES, key=len, reverse=True):
-        if name.startswith(prefix):
-            return _MODES[prefix]
-    return None
+    return _MODES.get(found.split(".")[2])
 
 
 def _preprocessing_layers(mode: str) -> list[keras.layers.Layer]:
@@ -96,11 +83,12 @@ def with_preprocessing(model: keras.Model) -> tuple[keras.Model, str]:
         (model, description). Models that carry their own preprocessing (a Rescaling or
         Normalization layer) come back unchanged.
     """
-    mode = _preprocessing_mode(model)
-    if mode is None:
-        from advisor.preprocessing import model_preprocessing
+    from advisor.preprocessing import model_preprocessing
 
-        return model, model_preprocessing(model).name
+    found = model_preprocessing(model).name
+    mode = _preprocessing_mode(found)
+    if mode is None:
+        return model, found
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     x = inputs
     for layer in _preprocessing_layers(mode):
@@ -110,19 +98,21 @@ def with_preprocessing(model: keras.Model) -> tuple[keras.Model, str]:
     return wrapped, f"graft_preprocess layers ({mode} mode, as keras.applications preprocess_input)"
 
 
-def _is_file(source: str) -> bool:
-    return Path(source).suffix.lower() in MODEL_SUFFIXES or Path(source).exists()
-
-
 def load_backbone(plan, safe_mode: bool | None = None) -> keras.Model:
     """Load the plan's model: a file, or a keras.applications name built for the plan's input."""
     source = plan.model.source
     safe = plan.model.safe_mode if safe_mode is None else safe_mode
-    if _is_file(source):
+    if is_model_file(source):
         return load_model(source, safe_mode=safe)
     size = plan.model.input_size or plan.data.input_size
     return load_model(source, weights=plan.model.weights, safe_mode=safe,
                       input_shape=(int(size[0]), int(size[1]), int(plan.data.channels)))
+
+
+def _prepared(model: keras.Model, preprocessing: str, notes: list[str]) -> Prepared:
+    info = find_head(model)
+    return Prepared(model=model, head=list(info.layers), features=info.features.name,
+                    preprocessing=preprocessing, notes=notes)
 
 
 def _check_input(model: keras.Model, plan) -> None:
@@ -168,9 +158,7 @@ def prepare_model(plan, safe_mode: bool | None = None, backbone: keras.Model | N
     if plan.surgery.reinitialize:
         model = reinitialize(model, layers=plan.surgery.reinitialize, seed=plan.data.seed)
         notes.append(f"reinitialized: {', '.join(plan.surgery.reinitialize)}")
-    info = find_head(model)
-    return Prepared(model=model, head=list(info.layers), features=info.features.name, preprocessing=pre,
-                    notes=notes)
+    return _prepared(model, pre, notes)
 
 
 def scratch(prepared: Prepared, seed: int = 0) -> Prepared:
@@ -180,9 +168,7 @@ def scratch(prepared: Prepared, seed: int = 0) -> Prepared:
                 and not graph.calls[cid].name.startswith("graft_preprocess")
                 and graph.calls[cid].op.weights]
     model = reinitialize(prepared.model, layers=backbone, seed=seed) if backbone else prepared.model
-    info = find_head(model)
-    return Prepared(model=model, head=list(info.layers), features=info.features.name,
-                    preprocessing=prepared.preprocessing, notes=prepared.notes + ["backbone reinitialized (scratch)"])
+    return _prepared(model, prepared.preprocessing, prepared.notes + ["backbone reinitialized (scratch)"])
 
 
 def trainable_region(graph: LayerGraph, head: list[str], trainable: str) -> set[str]:
@@ -254,6 +240,4 @@ def to_mixed_precision(prepared: Prepared) -> Prepared:
 
     mixed = keras.models.clone_model(model, clone_function=clone)
     mixed.set_weights(model.get_weights())
-    info = find_head(mixed)
-    return Prepared(model=mixed, head=list(info.layers), features=info.features.name,
-                    preprocessing=prepared.preprocessing, notes=prepared.notes + ["mixed precision (float16 compute)"])
+    return _prepared(mixed, prepared.preprocessing, prepared.notes + ["mixed precision (float16 compute)"])

@@ -13,8 +13,10 @@ Every file is written atomically. See docs/apply.md.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
+import json
 import math
 import os
 import shutil
@@ -26,10 +28,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.atomic import write_json
+from graft.atomic import atomic_path, write_bytes, write_json
 from graft.errors import DatasetError, InputError, PlanError
 
-#: Files of a finished run (besides the checkpoints) — a run directory holding any of them is not reused.
 # Streamed data sets skip undecodable files, so their length is unknown until an epoch ends; Keras
 # then warns that the input "ran out of data" at the end of every epoch. That is expected here.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -38,9 +39,6 @@ warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will b
 #: Decoded, resized training images are cached in memory when all of them fit in this many bytes
 #: (float32); larger data sets stream from disk every epoch. Set GRAFT_CACHE_BYTES to change it.
 CACHE_BUDGET = int(os.environ.get("GRAFT_CACHE_BYTES", 2**30))
-
-RUN_FILES = ("state.json", "model.keras", "metrics.json", "report.html")
-
 
 @dataclass
 class PhaseReport:
@@ -132,8 +130,6 @@ def _plan_of(plan):
 
 def _plan_hash(plan) -> str:
     """Hash of what decides the training (not outputs, provenance or the human-facing parts)."""
-    import json
-
     d = plan.to_dict()
     d = {k: d[k] for k in ("model", "surgery", "training", "data")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -273,8 +269,6 @@ def _features(feat_model: keras.Model, files: list[str], labels: list[int], spec
     if cache is not None:
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
-        from graft.atomic import write_bytes
-
         write_bytes(cache, buf.getvalue())
     return x, y
 
@@ -418,7 +412,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     if state is None:
         state = {"graft_run": 1, "plan_sha": plan_sha, "phases_done": 0, "history": [], "phases": [],
                  "weights_file": None, "fallback": None, "finished": False, "phase": None}
-        resolved = type(plan).from_dict(plan.to_dict())
+        resolved = copy.deepcopy(plan)
         resolved.outputs.dir = str(run_dir)
         resolved.data.path = str(Path(plan.data.path).resolve())
         save_plan(resolved, run_dir / "plan.yaml")
@@ -431,7 +425,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     # The fallback trial: does pretrained initialization beat random on this data?
     if plan.training.fallback is not None and state.get("fallback") is None:
         with scope():
-            state["fallback"] = _scratch_trial(plan, prepared, data, reporter, jit)
+            state["fallback"] = _scratch_trial(plan, data, reporter, jit, safe_mode)
         write_json(run_dir / "state.json", state)
     if state.get("fallback") and state["fallback"]["chosen"] == "random":
         with scope():
@@ -473,7 +467,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     phases = [dict(p) for p in state["phases"]]
     history = _history_columns(state["history"])
     write_run_outputs(run_dir, history=history, phases=phases, metrics=metrics,
-                      plan=(type(plan).from_dict(plan.to_dict())).to_dict(),
+                      plan=plan.to_dict(),
                       model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
                       extra={"preprocessing": prepared.preprocessing, "splits": splits,
                              "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
@@ -517,17 +511,15 @@ def _choose_run_dir(base: Path, explicit: bool, resume: bool) -> Path:
         taken.append(d)
     if resume:
         return taken[-1] if taken else base
-    if taken:
-        last = read_state(taken[-1])
-        if last is None or not last.get("finished"):
-            return taken[-1]  # an unfinished run (or a foreign folder): let the checks explain
-        return base.with_name(f"{base.name}-{len(taken) + 1}") if len(taken) >= 1 else base
-    return base
+    if not taken:
+        return base
+    last = read_state(taken[-1])
+    if last is None or not last.get("finished"):
+        return taken[-1]  # an unfinished run (or a foreign folder or file): let the checks explain
+    return base.with_name(f"{base.name}-{len(taken) + 1}")
 
 
 def _finished_result(run_dir: Path, result: RunResult, state: dict) -> RunResult:
-    import json
-
     result.model_path = run_dir / "model.keras"
     result.metrics = json.loads((run_dir / "metrics.json").read_text())
     result.history = state["history"]
@@ -558,7 +550,7 @@ def _compile(model, ph, lr_factor_map, jit):
 
     model.compile(optimizer=make_optimizer(ph.optimizer, ph.learning_rate, lr_factor_map),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=jit if jit else False)
+                  jit_compile=jit)
 
 
 def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes, stop_after_epochs,
@@ -593,8 +585,8 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         if data.val[0]:
             xv, yv = _features(feat_model, *data.val, data.spec, fdir / "val.npz")
             val = (xv, yv)
-        state.setdefault("timings", {})["features"] = state.get("timings", {}).get("features", 0) + (
-            time.perf_counter() - t0)
+        timings = state.setdefault("timings", {})
+        timings["features"] = timings.get("features", 0) + time.perf_counter() - t0
         train_model = _head_model(model, prepared.head, xtr.shape[1:])
         fit_args = {}
         n_images = len(ytr)
@@ -668,32 +660,28 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
     return report
 
 
-def _scratch_trial(plan, prepared, data, reporter: Reporter, jit) -> dict:
+def _scratch_trial(plan, data, reporter: Reporter, jit, safe_mode: bool | None) -> dict:
     """Train pretrained and random initializations briefly with every layer trainable; compare."""
     from surgery.pipeline import make_dataset
     from surgery.prepare import prepare_model, scratch, set_phase_trainable
 
     fb = plan.training.fallback
-    ph = plan.training.phases[-1]
     scores = {}
-    val_files = data.val if data.val[0] else data.train
+    vds = make_dataset(*(data.val if data.val[0] else data.train), data.spec, training=False,
+                       num_classes=len(data.classes))
     for init in ("pretrained", "random"):
-        trial = prepare_model(plan, backbone=None)
+        trial = prepare_model(plan, safe_mode=safe_mode)  # a fresh copy: the trial's training is thrown away
         if init == "random":
             trial = scratch(trial, seed=plan.data.seed)
         set_phase_trainable(trial, "all", plan.surgery.bn if init == "pretrained" else "follow")
         keras.utils.set_random_seed(plan.data.seed)
         trial.model.compile(optimizer=keras.optimizers.Adam(plan.training.phases[0].learning_rate),
-                            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                            jit_compile=jit if jit else False)
-        ds = make_dataset(*data.train, data.spec, training=True, num_classes=len(data.classes))
-        vds = make_dataset(*val_files, data.spec, training=False, num_classes=len(data.classes))
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
         reporter.message(f"fallback trial: {init} initialization, {fb.scratch_trial_epochs} epoch(s)")
+        ds = make_dataset(*data.train, data.spec, training=True, num_classes=len(data.classes))  # same order
         trial.model.fit(ds, epochs=fb.scratch_trial_epochs, verbose=0)
         scores[init] = float(trial.model.evaluate(vds, verbose=0, return_dict=True)["accuracy"])
-        del trial
     chosen = "random" if scores["random"] > scores["pretrained"] + fb.margin else "pretrained"
-    del ph, prepared
     return {"epochs": fb.scratch_trial_epochs, "margin": fb.margin, "val_accuracy": scores, "chosen": chosen,
             "reason": (f"random initialization reached {scores['random']:.3f} validation accuracy against "
                        f"{scores['pretrained']:.3f} for pretrained after {fb.scratch_trial_epochs} epoch(s); "
@@ -711,9 +699,8 @@ def _evaluate(model, files, labels, data, distributed: bool = False) -> dict:
 def _save_model(model: keras.Model, path: Path) -> Path:
     """Save an uncompiled copy (layers shared) so the file loads in safe mode without graft."""
     plain = keras.Model(model.inputs, model.outputs, name=model.name)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    plain.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        plain.save(tmp)
     return path
 
 

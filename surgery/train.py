@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.atomic import write_bytes, write_json
+from graft.atomic import atomic_path, write_bytes, write_json
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 _CLASSES: dict[str, type] = {}
@@ -120,9 +120,8 @@ def load_optimizer(optimizer, path: Path, trainable_variables, model=None) -> No
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> Path:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
     return path
 
 

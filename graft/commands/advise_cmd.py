@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--plot", metavar="PNG", help="also draw the per-depth profile to this PNG")
     p.add_argument("--unsafe", action="store_true", help="load a model file with safe_mode=False (trusted files only)")
     p.add_argument("--json", action="store_true", help="print facts, decision, trace and plan as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_keras=True)
 
 
 def _check_out(out: Path, args) -> None:

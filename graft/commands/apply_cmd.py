@@ -25,7 +25,7 @@ def register(sub) -> None:
                    help="print the resolved plan and the edited model; train and write nothing")
     p.add_argument("--unsafe", action="store_true", help="load a model file with safe_mode=False (trusted files only)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_keras=True)
 
 
 class _ConsoleReporter:

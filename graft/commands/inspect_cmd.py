@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--unsafe", action="store_true",
                    help="load a model file with safe_mode=False (only for files you trust)")
     p.add_argument("--json", action="store_true", help="print the same data as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, uses_keras=True)
 
 
 def inspect_model(model_source: str, weights: str = "none", input_size: int | None = None,
