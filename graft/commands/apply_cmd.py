@@ -31,8 +31,8 @@ def register(sub) -> None:
 class _ConsoleReporter:
     """Per-epoch lines on stderr, and on a terminal a live bar for the batches of the current epoch."""
 
-    def __init__(self, quiet: bool):
-        self.console = Console(stderr=True, highlight=False)
+    def __init__(self, quiet: bool, console: Console | None = None):
+        self.console = console or Console(stderr=True, highlight=False)
         self.quiet = quiet
         self.progress = None
         self.task = None

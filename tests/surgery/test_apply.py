@@ -324,3 +324,13 @@ def test_resume_inside_a_bottleneck_phase_matches_an_uninterrupted_run(tmp_path)
     for a, b in zip(whole.history, done.history):  # same losses: weights and optimizer state resumed
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     assert same(trained_weights(whole)["head_predictions"], trained_weights(done)["head_predictions"])
+
+
+def test_data_over_the_cache_budget_streams_from_disk(tmp_path, monkeypatch):
+    import surgery.runner
+
+    monkeypatch.setattr(surgery.runner, "CACHE_BUDGET", 0)
+    phases = [Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3)]
+    result = run(make_plan(tmp_path / "run", phases))
+    assert not any("kept in memory" in note for note in result.notes)
+    assert len(result.history) == 1 and result.metrics["n_samples"] == result.splits["test"]
