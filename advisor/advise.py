@@ -12,7 +12,9 @@ is given) or the user (`similarity=`). Unknown facts stay `None`; the rules say 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +39,10 @@ from advisor.rules import Decision, RuleTable, load_rules
 from graft.errors import GraftError, InputError
 
 DEFAULT_MODEL = "mobilenetv2"
+#: Training input side for networks that take any size: with a GPU (the size ImageNet networks are
+#: pretrained at) and without one (the size `advise` measures at; see `input_size_for`).
+FLEXIBLE_GPU_SIZE = 224
+FLEXIBLE_CPU_SIZE = 160
 TRAINABLE_FRACTION = {"head": 0.0, "top_third": 1 / 3, "top_half": 0.5, "all": 1.0, "from_cut": 1.0}
 
 
@@ -130,6 +136,32 @@ def estimate_cost(strategy: dict, train_images: int, augmented: bool, epochs_sca
                                                               for p in strategy["phases"])}
 
 
+def force_strategy(decision: Decision, table: RuleTable, name: str) -> Decision:
+    """The decision with `name` as its strategy; the reason keeps what the rules chose."""
+    if name == decision.strategy:
+        return decision
+    chose = decision.strategy
+    reason = (f"Strategy {name} was forced (--strategy); the rules chose {chose} (rule {decision.rule}, "
+              f"case {decision.case}): {decision.reason}")
+    return dataclasses.replace(decision, strategy=name, rule="forced", reason=reason, runner_up=chose)
+
+
+def input_size_for(model: ModelFacts | None, gpu: bool) -> tuple[list[int], str]:
+    """The training input size, and why. A network with a fixed input takes its own size. One that
+    takes any size (EfficientNet-Lite, ...) is trained at the size it was pretrained at (224) with a
+    GPU, and at FLEXIBLE_CPU_SIZE without one: on 2 CPUs a training step at 224 px costs 3x one at
+    160 (12 vs 37 images/s for EfficientNet-Lite0), for 1-2 points of frozen-probe accuracy on
+    CIFAR-10 (docs/apply.md). Small images are upsampled to that size rather than trained small:
+    ImageNet features are tuned to objects of ~100-200 px (CIFAR-10 probe: 0.60 at 96 px, 0.65 at
+    160, 0.67 at 224)."""
+    if model is not None and model.input_size:
+        return list(model.input_size), "the network's fixed input size"
+    if gpu:
+        return [FLEXIBLE_GPU_SIZE] * 2, "the network takes any size; its pretraining size, on a GPU"
+    return [FLEXIBLE_CPU_SIZE] * 2, (f"the network takes any size; {FLEXIBLE_CPU_SIZE} px without a GPU "
+                                     f"(3x cheaper per step than {FLEXIBLE_GPU_SIZE})")
+
+
 def _phases(strategy: dict, scale: float) -> list[Phase]:
     out = []
     for p in strategy["phases"]:
@@ -138,7 +170,8 @@ def _phases(strategy: dict, scale: float) -> list[Phase]:
             optimizer=p.get("optimizer", "adam"), learning_rate=float(p["learning_rate"]),
             backbone_learning_rate=(float(p["backbone_learning_rate"]) if p.get("backbone_learning_rate")
                                     else None),
-            early_stopping_patience=p.get("early_stopping_patience"), weights=p.get("weights", "pretrained")))
+            early_stopping_patience=p.get("early_stopping_patience"), weights=p.get("weights", "pretrained"),
+            min_steps=p.get("min_steps"), schedule=p.get("schedule", "constant"), solver=p.get("solver", "auto")))
     return out
 
 
@@ -155,14 +188,17 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
     head = strategy.get("head", {})
     cut = embedding_cut if strategy["cut"] == "best" else None
     augmentation = copy.deepcopy(mods.get("augmentation", {}))
+    size, _ = input_size_for(model, bool(facts.get("gpu")))
     data = DataPlan(
         path=str(Path(dataset.root)),
-        input_size=list(model.input_size) if model and model.input_size else [224, 224],
+        input_size=size,
         channels=model.channels if model else 3,
         channel_mode=mods.get("channels", "keep"),
         augmentation=augmentation,
-        validation_split=float(mods.get("validation_split", 0.2)),
-        test_split=0.0 if dataset.splits.get("test") else 0.1,
+        # Every labelled image trains the final model unless the data set names its own splits or a
+        # modifier asks for a hold-out (docs/apply.md, "How accuracy is estimated").
+        validation_split=float(mods.get("validation_split", 0.0)),
+        test_split=0.0,
         batch_size=int(mods.get("batch_size", 32)),
         skip_corrupt=bool(mods.get("skip_corrupt", True)),
     )
@@ -207,7 +243,7 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
            similarity: float | None = None, weights: str | None = None, measure: bool = True,
            reference: str | os.PathLike | None = None, per_class: int | None = None,
            sample: int = 2000, out_dir: str | None = None, safe_mode: bool = True,
-           progress: Callable[[str, int], None] | None = None) -> Advice:
+           progress: Callable[[str, int], None] | None = None, strategy: str | None = None) -> Advice:
     """Advise how to transfer a network to a data set.
 
     Args:
@@ -227,6 +263,8 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
         out_dir: the run directory the plan names.
         safe_mode: load model files with Keras safe mode.
         progress: called as `progress(stage, count)` during long steps (`scan`, `measure`).
+        strategy: force this strategy of the rules file instead of the one the rules choose (the
+            rules still run; the plan's reasons say what they chose).
 
     Returns:
         `Advice`.
@@ -237,6 +275,11 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     if similarity is not None and not (isinstance(similarity, (int, float)) and 0 <= similarity <= 1):
         raise InputError(f"similarity must be a number in [0, 1], not {similarity!r}")
     table = rules if isinstance(rules, RuleTable) else load_rules(rules, overrides)
+    if strategy is not None and strategy not in table.strategies:
+        close = difflib.get_close_matches(str(strategy), list(table.strategies), n=1)
+        raise InputError(f"--strategy {strategy!r} is not a strategy of {table.source}"
+                         f"{'; did you mean ' + repr(close[0]) + '?' if close else ''} "
+                         f"(strategies: {', '.join(table.strategies)})")
     facts_ds = scan(dataset, sample=sample, progress=(lambda n: progress("scan", n)) if progress else None)
     facts = dict(facts_ds.facts())
     notes = list(facts_ds.warnings)
@@ -288,6 +331,8 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     from advisor.rules import evaluate
 
     decision = evaluate(table, facts)
+    if strategy is not None:
+        decision = force_strategy(decision, table, strategy)
     plan = build_plan(decision, table, facts, facts_ds, source, weights, mfacts, cut_layer, out_dir,
                       table.overrides)
     return Advice(facts_ds, mfacts, emb, facts, decision, plan, table, notes)

@@ -26,6 +26,8 @@ BN_POLICIES = ("freeze", "follow", "train")
 CLASS_WEIGHTS = ("none", "balanced")
 CHANNEL_MODES = ("keep", "gray_to_rgb", "rgb_to_gray")
 AUTO = ("auto", "on", "off")
+SCHEDULES = ("constant", "cosine")
+SOLVERS = ("auto", "convex", "gradient")
 DISTRIBUTION = ("none", "mirrored", "multi_worker")
 
 
@@ -89,6 +91,9 @@ class Phase:
     backbone_learning_rate: float | None = None
     early_stopping_patience: int | None = None
     weights: str = "pretrained"
+    min_steps: int | None = None
+    schedule: str = "constant"
+    solver: str = "auto"
 
 
 @dataclass
@@ -285,6 +290,10 @@ def validate(plan: Plan, doc: YamlDoc | None = None) -> None:
                 _fail(doc, p + (key,), f"{key} must be positive")
         _choice(doc, p + ("optimizer",), ph.optimizer, ("adam", "adamw", "sgd", "rmsprop"))
         _choice(doc, p + ("weights",), ph.weights, ("pretrained", "random"))
+        _choice(doc, p + ("schedule",), ph.schedule, SCHEDULES)
+        _choice(doc, p + ("solver",), ph.solver, SOLVERS)
+        if ph.min_steps is not None and ph.min_steps < 1:
+            _fail(doc, p + ("min_steps",), "min_steps must be at least 1 (or null for no floor)")
     d = plan.data
     if len(d.input_size) != 2 or min(d.input_size) < 8:
         _fail(doc, ("data", "input_size"), "data.input_size must be [height, width], each at least 8")

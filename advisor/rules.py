@@ -41,9 +41,11 @@ OPS = ("lt", "le", "gt", "ge", "eq", "ne", "in", "not_in", "between", "known")
 HIT_POLICIES = ("first", "unique")
 STRATEGY_THEN = ("strategy", "case", "runner_up")
 CUTS = ("top", "best")
+SCHEDULES = ("constant", "cosine")
+SOLVERS = ("auto", "convex", "gradient")
 TRAINABLE = ("head", "all", "top_third", "top_half", "from_cut")
 PHASE_KEYS = ("name", "trainable", "epochs", "learning_rate", "backbone_learning_rate", "optimizer",
-              "early_stopping_patience", "weights")
+              "early_stopping_patience", "weights", "min_steps", "schedule", "solver")
 MODIFIER_ACTIONS = {
     "class_weights": ("balanced",),
     "augmentation": dict,
@@ -336,6 +338,13 @@ class _Loader:
                 for key in ("epochs", "learning_rate"):
                     if isinstance(phase[key], bool) or not isinstance(phase[key], (int, float)) or phase[key] <= 0:
                         self.fail(pp + (key,), f"{key} must be a positive number, not {phase[key]!r}")
+                steps = phase.get("min_steps")
+                if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+                    self.fail(pp + ("min_steps",), f"min_steps must be a positive integer, not {steps!r}")
+                for key, choices in (("schedule", SCHEDULES), ("solver", SOLVERS)):
+                    if key in phase and phase[key] not in choices:
+                        self.fail(pp + (key,), f"{key} '{phase[key]}' is not one of {', '.join(choices)}"
+                                  f"{_suggest(str(phase[key]), choices)}")
             if "head" in spec:
                 self.keys(spec["head"], p + ("head",), ("pooling", "hidden", "dropout"))
             if "fallback" in spec:

@@ -57,6 +57,8 @@ class PhaseReport:
     best_epoch: int | None = None
     seconds: float = 0.0
     images_per_second: float = 0.0
+    solver: str = "gradient"
+    steps: int = 0
 
 
 @dataclass
@@ -459,6 +461,13 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         notes.append("no validation or test images: metrics are on the training set")
     metrics = _evaluate(prepared.model, files, labels, data, distributed=strategy is not None)
     metrics["split"] = eval_name
+    metrics["estimate"] = _estimate(metrics, eval_name, state, plan)
+    d = plan.data
+    metrics["model_input"] = {
+        "size": list(d.input_size), "channels": d.channels, "channel_mode": d.channel_mode,
+        "pixels": "raw values 0..255; the preprocessing is inside the model",
+        "resize": f"resize images to {d.input_size[0]}x{d.input_size[1]} (bilinear) before calling the model: "
+                  "the accuracy above was measured at that size"}
     timings["evaluate"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     model_path = _save_model(prepared.model, run_dir / "model.keras")
@@ -537,20 +546,87 @@ def _history_columns(rows: list[dict]) -> dict[str, list]:
 
 
 def _use_bottleneck(plan, ph, index: int) -> bool:
-    """A head-only phase on a backbone no earlier phase changed, without augmentation."""
+    """A head-only phase on a backbone no earlier phase changed. Augmentation does not switch it
+    off: a frozen-backbone phase fits on the features of the images as they are (augmentation
+    applies to the phases that train the backbone)."""
     if ph.trainable != "head" or plan.training.bottleneck == "off":
         return False
-    if plan.data.augmentation or plan.training.distribution != "none":
+    if plan.training.distribution != "none":
         return False
     return index == 0 or all(p.trainable == "head" for p in plan.training.phases[:index])
 
 
-def _compile(model, ph, lr_factor_map, jit):
+def phase_epochs(ph, images: int, batch_size: int) -> int:
+    """Epochs a phase runs: its `epochs`, raised so that it takes at least `min_steps` optimizer
+    steps (on 10 images per class an epoch is 2-4 steps; a budget in bare epochs collapses)."""
+    if not ph.min_steps:
+        return ph.epochs
+    return max(ph.epochs, math.ceil(ph.min_steps / max(1, math.ceil(images / batch_size))))
+
+
+def _learning_rate(ph, total_steps: int):
+    """The phase's learning rate: constant, or a cosine decay to 0 after a linear warm-up over the
+    first tenth of the steps."""
+    if ph.schedule != "cosine":
+        return ph.learning_rate
+    warm = max(1, total_steps // 10)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(1, total_steps - warm), alpha=0.0,
+        warmup_target=ph.learning_rate, warmup_steps=warm)
+
+
+def _compile(model, ph, lr_factor_map, jit, total_steps: int = 1):
     from surgery.train import make_optimizer
 
-    model.compile(optimizer=make_optimizer(ph.optimizer, ph.learning_rate, lr_factor_map),
+    model.compile(optimizer=make_optimizer(ph.optimizer, _learning_rate(ph, total_steps), lr_factor_map),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=jit)
+
+
+#: Seconds between checkpoints within a phase (the last epoch of a phase, and of a
+#: `stop_after_epochs` slice, is always checkpointed). Writing the weights and the optimizer every
+#: epoch costs more than the epoch itself on small data sets.
+CHECKPOINT_SECONDS = float(os.environ.get("GRAFT_CHECKPOINT_SECONDS", 60))
+
+
+def _linear_dense(model: keras.Model, head: list[str]):
+    """The head's one Dense layer when the head is linear (pooling, dropout, Dense with softmax),
+    else None: only such a head is a convex problem on frozen features."""
+    dense = [model.get_layer(n) for n in head if model.get_layer(n).weights]
+    if len(dense) != 1 or not isinstance(dense[0], keras.layers.Dense):
+        return None
+    act = getattr(dense[0].activation, "__name__", "")
+    return dense[0] if act == "softmax" else None
+
+
+def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, reporter) -> None:
+    """The head phase as a convex fit: logistic regression on the frozen features to convergence,
+    L2 chosen by cross-validation, written into the head's Dense layer."""
+    from surgery.probe import fit_linear_head
+
+    t0 = time.perf_counter()
+    dense = _linear_dense(model, prepared.head)
+    reporter.message(f"phase {ph.name}: fitting the linear head to convergence (C by cross-validation)")
+    fit = fit_linear_head(xtr, ytr, classes=dense.units, seed=plan.data.seed,
+                          class_weight="balanced" if cw else None)
+    fit.assign_to(dense)
+    logs = {"loss": fit.train_loss, "accuracy": fit.train_accuracy}
+    if fit.cv_accuracy is not None:
+        logs["cv_accuracy"] = fit.cv_accuracy
+    if val is not None:
+        xv, yv = val
+        logits = xv.reshape(len(xv), -1) @ fit.kernel + fit.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        logs.update(val_loss=float(-logp[np.arange(len(yv)), yv].mean()),
+                    val_accuracy=float((logp.argmax(axis=1) == yv).mean()))
+    seconds = time.perf_counter() - t0
+    state["history"].append({"phase": ph.name, "epoch": len(state["history"]) + 1, "phase_epoch": 1,
+                             "seconds": round(seconds, 3), **logs})
+    state["probe"] = {"phase": i, "C": fit.C, "cv_accuracy": fit.cv_accuracy, "cv_folds": fit.cv_folds,
+                      "images": fit.images, "notes": fit.notes}
+    entry["epochs_done"] = 1
+    reporter.epoch(ph.name, 1, 1, logs, seconds)
 
 
 def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes, stop_after_epochs,
@@ -570,10 +646,14 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
     trainable_params, frozen_params = _params(model)
     bottleneck = _use_bottleneck(plan, ph, i)
     if plan.training.bottleneck == "on" and ph.trainable == "head" and not bottleneck:
-        notes.append(f"phase {ph.name}: bottleneck features not used (augmentation, distribution, or an "
-                     "earlier phase changed the backbone)")
+        notes.append(f"phase {ph.name}: bottleneck features not used (distribution, or an earlier phase "
+                     "changed the backbone)")
+    convex = bottleneck and ph.solver != "gradient" and _linear_dense(model, prepared.head) is not None
+    if ph.solver == "convex" and not convex:
+        raise PlanError(f"phase {ph.name}: solver convex needs a head-only phase on an unchanged backbone and a "
+                        "linear softmax head (no hidden layers); set solver: auto or gradient")
     cw = _class_weights(data.train[1], len(data.classes)) if plan.training.class_weights == "balanced" else None
-    monitor = "val_loss" if data.val[0] else "loss"
+    monitor = "val_loss" if data.val[0] else None
     t0 = time.perf_counter()
     if bottleneck:
         reporter.message(f"phase {ph.name}: computing backbone features once (bottleneck)")
@@ -597,36 +677,44 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         train_model = model
         fit_args = {"x": train_ds, "validation_data": val_ds}
         n_images = len(data.train[0])
-    head_names = {model.get_layer(n).name for n in prepared.head}
-    factors = lr_factors(train_model, head_names, ph.learning_rate, ph.backbone_learning_rate)
-    _compile(train_model, ph, factors, jit)
-    if entry["epochs_done"]:
-        train_model.load_weights(ckpt_dir / entry["last_file"])  # the head model when bottlenecked
-        load_optimizer(train_model.optimizer, ckpt_dir / entry["optimizer_file"], train_model.trainable_variables,
-                       train_model)
-        reporter.message(f"phase {ph.name}: resuming after epoch {entry['epochs_done']} of {ph.epochs}")
-    if entry.get("stopped_early") or entry["epochs_done"] >= ph.epochs:
-        epochs_left = 0
+    epochs = 1 if convex else phase_epochs(ph, n_images, plan.data.batch_size)
+    steps_per_epoch = math.ceil(n_images / plan.data.batch_size)
+    if convex:
+        if not entry["epochs_done"]:
+            _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, reporter)
+        stop_now = False
     else:
-        epochs_left = ph.epochs - entry["epochs_done"]
-    budget = None if stop_after_epochs is None else stop_after_epochs - total_done
-    stop_now = budget is not None and budget < epochs_left
-    end_epoch = entry["epochs_done"] + (min(epochs_left, budget) if stop_now else epochs_left)
+        head_names = {model.get_layer(n).name for n in prepared.head}
+        factors = lr_factors(train_model, head_names, ph.learning_rate, ph.backbone_learning_rate)
+        _compile(train_model, ph, factors, jit, total_steps=epochs * steps_per_epoch)
+        if entry["epochs_done"]:
+            train_model.load_weights(ckpt_dir / entry["last_file"])  # the head model when bottlenecked
+            load_optimizer(train_model.optimizer, ckpt_dir / entry["optimizer_file"],
+                           train_model.trainable_variables, train_model)
+            reporter.message(f"phase {ph.name}: resuming after epoch {entry['epochs_done']} of {epochs}")
+        if entry.get("stopped_early") or entry["epochs_done"] >= epochs:
+            epochs_left = 0
+        else:
+            epochs_left = epochs - entry["epochs_done"]
+        budget = None if stop_after_epochs is None else stop_after_epochs - total_done
+        stop_now = budget is not None and budget < epochs_left
+        end_epoch = entry["epochs_done"] + (min(epochs_left, budget) if stop_now else epochs_left)
 
-    def on_epoch(epoch, logs, seconds):
-        reporter.epoch(ph.name, epoch + 1, ph.epochs, logs, seconds)
+        def on_epoch(epoch, logs, seconds):
+            reporter.epoch(ph.name, epoch + 1, epochs, logs, seconds)
 
-    ckpt = Checkpointer(run_dir, state, train_model, monitor, ph.early_stopping_patience, on_epoch)
-    progress = _BatchProgress(reporter, ph.name, math.ceil(n_images / plan.data.batch_size))
-    keras.utils.set_random_seed(plan.data.seed + 1000 * i + entry["epochs_done"])
-    if end_epoch > entry["epochs_done"]:
-        args = dict(fit_args)
-        if bottleneck:  # batch order drawn per (seed, phase, epoch): the same after a resume
-            args = {"x": _feature_batches(xtr, ytr, plan.data.batch_size, plan.data.seed, i, entry["epochs_done"],
-                                          end_epoch),
-                    "steps_per_epoch": math.ceil(len(ytr) / plan.data.batch_size), "validation_data": val}
-        train_model.fit(**args, epochs=end_epoch, initial_epoch=entry["epochs_done"], callbacks=[ckpt, progress],
-                        class_weight=cw, verbose=0)
+        ckpt = Checkpointer(run_dir, state, train_model, monitor, ph.early_stopping_patience, on_epoch,
+                            final_epoch=end_epoch, every_seconds=CHECKPOINT_SECONDS)
+        progress = _BatchProgress(reporter, ph.name, steps_per_epoch)
+        keras.utils.set_random_seed(plan.data.seed + 1000 * i + entry["epochs_done"])
+        if end_epoch > entry["epochs_done"]:
+            args = dict(fit_args)
+            if bottleneck:  # batch order drawn per (seed, phase, epoch): the same after a resume
+                args = {"x": _feature_batches(xtr, ytr, plan.data.batch_size, plan.data.seed, i,
+                                              entry["epochs_done"], end_epoch),
+                        "steps_per_epoch": steps_per_epoch, "validation_data": val}
+            train_model.fit(**args, epochs=end_epoch, initial_epoch=entry["epochs_done"],
+                            callbacks=[ckpt, progress], class_weight=cw, verbose=0)
     entry["seconds"] = entry.get("seconds", 0.0) + time.perf_counter() - t0
     if stop_now and not entry.get("stopped_early"):
         write_json(run_dir / "state.json", state)
@@ -644,12 +732,13 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
     epochs_run = entry["epochs_done"]
     seconds = entry["seconds"]
     report = PhaseReport(
-        name=ph.name, trainable=ph.trainable, epochs=ph.epochs, epochs_run=epochs_run,
+        name=ph.name, trainable=ph.trainable, epochs=epochs, epochs_run=epochs_run,
         learning_rate=ph.learning_rate, backbone_learning_rate=ph.backbone_learning_rate,
         trainable_params=trainable_params, frozen_params=frozen_params, bottleneck=bottleneck,
         stopped_early=bool(entry.get("stopped_early")), best_epoch=entry.get("best_epoch"),
         seconds=round(seconds, 3),
-        images_per_second=round(n_images * epochs_run / seconds, 1) if seconds > 0 else 0.0)
+        images_per_second=round(n_images * epochs_run / seconds, 1) if seconds > 0 else 0.0,
+        solver="convex" if convex else "gradient", steps=0 if convex else epochs_run * steps_per_epoch)
     old = state.get("weights_file")
     state["phases"].append(report.__dict__.copy())
     state.update(phases_done=i + 1, weights_file=end.name, phase=None)
@@ -687,6 +776,34 @@ def _scratch_trial(plan, data, reporter: Reporter, jit, safe_mode: bool | None) 
                        f"{scores['pretrained']:.3f} for pretrained after {fb.scratch_trial_epochs} epoch(s); "
                        f"{'training from scratch' if chosen == 'random' else 'keeping pretrained weights'} "
                        f"(margin {fb.margin})")}
+
+
+def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
+    """How well the model is expected to do on new images, how that was measured, on how many
+    images, with a Wilson 95 % interval."""
+    from surgery.probe import wilson_interval
+
+    n = int(metrics.get("n_samples", 0))
+    acc = float(metrics.get("accuracy", 0.0))
+    if split in ("test", "val"):
+        method = "test split" if split == "test" else "validation split"
+        return {"method": method, "accuracy": acc, "images": n,
+                "interval95": list(wilson_interval(round(acc * n), n))}
+    probe = state.get("probe")
+    last_changed = max((i for i, ph in enumerate(plan.training.phases)), default=-1)
+    if probe and probe.get("cv_accuracy") is not None and probe["phase"] == last_changed:
+        m = int(probe["images"])
+        cv = float(probe["cv_accuracy"])
+        return {"method": f"{probe['cv_folds']}-fold cross-validation of the head", "accuracy": cv, "images": m,
+                "interval95": list(wilson_interval(round(cv * m), m))}
+    out = {"method": "none", "accuracy": None, "images": 0, "interval95": None,
+           "note": "every labelled image was used for training, and the backbone was fine-tuned: accuracy on "
+                   "new images is not measured; give val/ or test/ folders, or set data.test_split, to measure it"}
+    if probe and probe.get("cv_accuracy") is not None:
+        out["head_only_cv_accuracy"] = float(probe["cv_accuracy"])
+        out["note"] += (f" (before fine-tuning, the head alone reached {probe['cv_accuracy']:.3f} in "
+                        f"{probe['cv_folds']}-fold cross-validation)")
+    return out
 
 
 def _evaluate(model, files, labels, data, distributed: bool = False) -> dict:

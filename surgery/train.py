@@ -138,9 +138,14 @@ class Checkpointer(keras.callbacks.Callback):
         on_epoch: called with (epoch, logs, seconds) after the state is committed.
     """
 
-    def __init__(self, run_dir: Path, state: dict, weights_model: keras.Model, monitor: str,
-                 patience: int | None, on_epoch: Callable[[int, dict, float], None] | None = None):
+    def __init__(self, run_dir: Path, state: dict, weights_model: keras.Model, monitor: str | None,
+                 patience: int | None, on_epoch: Callable[[int, dict, float], None] | None = None,
+                 final_epoch: int | None = None, every_seconds: float = 0.0):
         super().__init__()
+        self.final_epoch = final_epoch
+        self.every_seconds = every_seconds
+        self._last_commit = time.perf_counter()
+        self._pending: list[dict] = []  # epochs run since the last commit
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -158,8 +163,21 @@ class Checkpointer(keras.callbacks.Callback):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         seconds = time.perf_counter() - self._t0
         ph = self.state["phase"]
-        value = logs.get(self.monitor, logs.get("loss", math.inf))
-        improved = value < ph.get("best", math.inf) - 1e-7
+        value = logs.get(self.monitor, math.inf) if self.monitor else math.inf
+        improved = self.monitor is not None and value < ph.get("best", math.inf) - 1e-7
+        stop = self.patience is not None and self.monitor is not None and not improved and \
+            ph.get("wait", 0) + 1 >= self.patience
+        row = {"phase": ph["name"], "epoch": len(self.state["history"]) + 1, "phase_epoch": epoch + 1,
+               "seconds": round(seconds, 3), **logs}
+        due = (improved or stop or epoch + 1 == self.final_epoch
+               or time.perf_counter() - self._last_commit >= self.every_seconds)
+        if not due:  # no commit this epoch: a resume repeats it from the last committed one
+            self._pending.append(row)
+            ph["wait"] = ph.get("wait", 0) + 1 if self.monitor else 0
+            ph["epochs_pending"] = epoch + 1
+            if self.on_epoch:
+                self.on_epoch(epoch, logs, seconds)
+            return
         tag = f"{ph['index']:02d}-{epoch + 1:03d}"
         last = save_weights_atomic(self.weights_model, self.ckpt_dir / f"last-{tag}.weights.h5")
         if improved:  # the best weights are this epoch's: a hard link, not a second write
@@ -173,18 +191,22 @@ class Checkpointer(keras.callbacks.Callback):
             ph.update(best=value, best_epoch=epoch + 1, best_file=best.name, wait=0)
         else:
             old_best = None
-            ph["wait"] = ph.get("wait", 0) + 1
+            ph["wait"] = ph.get("wait", 0) + 1 if self.monitor else 0
         opt = write_bytes(self.ckpt_dir / f"optimizer-{tag}.npz", optimizer_bytes(self.model.optimizer, self.model))
         old_last, old_opt = ph.get("last_file"), ph.get("optimizer_file")
         ph.update(epochs_done=epoch + 1, last_file=last.name, optimizer_file=opt.name)
-        row = {"phase": ph["name"], "epoch": len(self.state["history"]) + 1, "phase_epoch": epoch + 1,
-               "seconds": round(seconds, 3), **logs}
+        ph.pop("epochs_pending", None)
+        for pending in self._pending:
+            pending["epoch"] = len(self.state["history"]) + 1
+            self.state["history"].append(pending)
+        self._pending = []
+        row["epoch"] = len(self.state["history"]) + 1
         self.state["history"].append(row)
-        stop = self.patience is not None and ph["wait"] >= self.patience
         if stop:
             ph["stopped_early"] = True
             self.model.stop_training = True
         write_json(self.run_dir / "state.json", self.state)  # commit point
+        self._last_commit = time.perf_counter()
         for name in (old_last, old_opt, old_best):
             if name and name not in (last.name, opt.name, ph.get("best_file")):
                 (self.ckpt_dir / name).unlink(missing_ok=True)

@@ -29,6 +29,9 @@ def register(sub) -> None:
                    help="state the similarity to the pretraining data (0..1) instead of measuring it")
     p.add_argument("--reference", help="folder of source-domain images or a .npz profile for the similarity")
     p.add_argument("--no-measure", action="store_true", help="do not embed the data even when --model is given")
+    p.add_argument("--strategy", metavar="NAME",
+                   help="force a strategy of the rules file (e.g. lp_ft) instead of the one the rules choose; "
+                        "the rules still run and the plan says what they chose")
     p.add_argument("--out", default="plan.yaml", help="where to write the plan (default plan.yaml)")
     p.add_argument("--run-dir", help="run directory the plan names for apply (default runs/DATASET-STRATEGY)")
     p.add_argument("--plot", metavar="PNG", help="also draw the per-depth profile to this PNG")
@@ -76,7 +79,7 @@ def run(args) -> int:
         advice = advise(args.dataset, model=args.model, rules=args.rules, overrides=overrides,
                         similarity=args.similarity, weights=args.weights, measure=not args.no_measure,
                         reference=args.reference, out_dir=args.run_dir, safe_mode=not args.unsafe,
-                        progress=progress)
+                        progress=progress, strategy=args.strategy)
     finally:
         if status is not None:
             status.stop()

@@ -1,0 +1,327 @@
+"""Real-data transfer bench: every strategy of rules.yaml, graft against a plain hand-written Keras
+reference of the same strategy, on six real domains with the real ImageNet EfficientNet-Lite0.
+
+Tasks (../shared/data): CIFAR-10 and the five sets of devsuite.tar.gz. Split as
+../shared/data/README.md says: classes sorted by name; in each class, files sorted by name, then
+shuffled with `random.Random(seed)`; the first 40 are test images, the next N (10 or 60) training
+images. Both arms train on exactly the N x classes training images and are scored on the same test
+images.
+
+    # one part (one task, one size, one seed): appends one JSON line per (arm, strategy)
+    python bench/transfer.py run --task dtd_textures --n 10 --seed 0
+    python bench/transfer.py run --task cifar10 --n 60 --seed 1 --strategies linear_probe,lp_ft
+    # the table (markdown) from everything appended so far
+    python bench/transfer.py table > /tmp/table.md
+
+The reference is written the way the Keras transfer-learning guide writes it
+(keras.io/guides/transfer_learning): `image_dataset_from_directory` at a fixed size, cached;
+RandomFlip + RandomRotation(0.1) in the model; the base called with `training=False`; a new
+GlobalAveragePooling + Dropout(0.2) + Dense head trained with Adam(1e-3); then, for the fine-tuning
+strategies, the chosen layers unfrozen and trained with Adam(1e-4) for a fixed number of epochs.
+Every image is used for training; nothing is held out.
+
+graft's arm is what a user runs: `advise(train images, model, strategy=NAME)` then `run(plan)` on a
+folder whose train/ and test/ sub-folders hold the split (so the plan trains on train/ and reports
+on test/). Wall time of graft is `run`'s (the advise measurement, done once per data set, is
+reported apart as `advise_s`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GRAFT_SHARED", ROOT.parent / "shared"))
+MODEL = SHARED / "models" / "efficientnet_lite0_imagenet.keras"
+RESULTS = ROOT / "bench" / "results" / "transfer.jsonl"
+WORK = Path(os.environ.get("GRAFT_BENCH_DIR", Path(tempfile.gettempdir()) / "graft-bench"))
+TASKS = ("cifar10", "rsscn7_aerial", "pbc_bloodcells", "dtd_textures", "quickdraw_sketches", "fashion_mnist")
+STRATEGIES = ("linear_probe", "truncate_probe", "lp_ft_top", "lp_ft", "finetune_all", "finetune_or_scratch")
+TEST_PER_CLASS = 40
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+# The reference's fixed settings (the guide's, with 1e-4 for fine-tuning as the issue's hand-written runs).
+REF_SIZE = 160          # the size the model README recommends on CPU
+REF_BATCH = 32
+REF_PROBE_EPOCHS = 20   # the guide trains the new top for 20 epochs
+REF_WARMUP_EPOCHS = 10  # head warm-up before fine-tuning
+REF_FT_EPOCHS = 10
+REF_FT_LR = 1e-4
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def task_root(task: str) -> Path:
+    """The extracted class-per-folder tree of a task (extracted once under WORK)."""
+    if task == "cifar10":
+        root = WORK / "cifar10" / "train"
+        if not root.exists():
+            with tarfile.open(SHARED / "data" / "cifar10-images.tar.gz") as tar:
+                tar.extractall(WORK / "cifar10", filter="data")
+        return root
+    root = WORK / "devsuite" / task
+    if not root.exists():
+        with tarfile.open(SHARED / "data" / "devsuite.tar.gz") as tar:
+            tar.extractall(WORK, filter="data")
+    return root
+
+
+def split_dir(task: str, n: int, seed: int) -> Path:
+    """WORK/splits/TASK-nN-sSEED/{train,test}/CLASS/FILE (hard links), made once."""
+    out = WORK / "splits" / f"{task}-n{n}-s{seed}"
+    if (out / ".done").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    root = task_root(task)
+    for cls in sorted(d.name for d in root.iterdir() if d.is_dir()):
+        files = sorted(f.name for f in (root / cls).iterdir()
+                       if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        random.Random(seed).shuffle(files)
+        for part, names in (("test", files[:TEST_PER_CLASS]), ("train", files[TEST_PER_CLASS:TEST_PER_CLASS + n])):
+            (out / part / cls).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                try:
+                    os.link(root / cls / name, out / part / cls / name)
+                except OSError:
+                    shutil.copy2(root / cls / name, out / part / cls / name)
+    (out / ".done").write_text("")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ reference
+
+
+def _ref_data(split: Path, seed: int):
+    import keras
+    import tensorflow as tf
+
+    def load(part, shuffle):
+        ds = keras.utils.image_dataset_from_directory(split / part, image_size=(REF_SIZE, REF_SIZE),
+                                                      batch_size=None, shuffle=shuffle, seed=seed,
+                                                      color_mode="rgb", verbose=False)
+        ds = ds.cache()
+        if shuffle:
+            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(REF_BATCH).prefetch(tf.data.AUTOTUNE)
+
+    return load("train", True), load("test", False)
+
+
+def reference(strategy: str, split: Path, seed: int, cut: str | None, classes: int) -> dict:
+    """A plain Keras transfer of the strategy; returns test accuracy and seconds."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    t0 = time.perf_counter()
+    train, test = _ref_data(split, seed)
+    full = keras.models.load_model(MODEL, safe_mode=True)
+    layer = cut if strategy == "truncate_probe" and cut else "top_activation"
+    base = keras.Model(full.input, full.get_layer(layer).output, name="base")
+    base.trainable = False
+    augment = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)],
+                               name="augment")
+    inputs = keras.Input((REF_SIZE, REF_SIZE, 3))
+    x = base(augment(inputs), training=False)  # BatchNormalization stays in inference mode throughout
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+
+    def fit(lr, epochs):
+        model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(train, epochs=epochs, verbose=0)
+
+    if strategy in ("linear_probe", "truncate_probe"):
+        fit(1e-3, REF_PROBE_EPOCHS)
+    elif strategy in ("lp_ft", "lp_ft_top"):
+        fit(1e-3, REF_WARMUP_EPOCHS)
+        base.trainable = True
+        if strategy == "lp_ft_top":
+            for lyr in base.layers[: int(len(base.layers) * 2 / 3)]:
+                lyr.trainable = False
+        fit(REF_FT_LR, REF_FT_EPOCHS)
+    else:  # finetune_all, finetune_or_scratch: replace the last layer, fine-tune everything
+        base.trainable = True
+        fit(REF_FT_LR, REF_FT_EPOCHS)
+    acc = float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
+    return {"accuracy": acc, "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------ graft
+
+
+def graft_arm(strategy: str, split: Path, seed: int, advice_cache: dict) -> dict:
+    """advise (forced strategy) on the training images, then run on the train/test folder."""
+    from advisor import advise
+    from surgery import run
+
+    if "advice" not in advice_cache:
+        t0 = time.perf_counter()
+        advice_cache["advice"] = advise(split / "train", model=str(MODEL))
+        advice_cache["seconds"] = time.perf_counter() - t0
+    base = advice_cache["advice"]
+    t0 = time.perf_counter()
+    advice = advise(split / "train", model=str(MODEL), strategy=strategy, measure=False)
+    plan = advice.plan
+    # The measured cut and facts come from the one measurement above (advise measures once).
+    cut = base.facts.get("best_cut_layer")
+    if strategy == "truncate_probe" and cut and cut != "top_activation":
+        plan.surgery.cut = cut
+    plan.data.path = str(split)
+    plan.data.seed = seed
+    advise_plan_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="graft-run-") as tmp:
+        t0 = time.perf_counter()
+        result = run(plan, out_dir=Path(tmp) / "run")
+        seconds = time.perf_counter() - t0
+    assert result.metrics["split"] == "test", result.metrics["split"]
+    return {"accuracy": float(result.metrics["accuracy"]), "seconds": seconds,
+            "advise_s": advice_cache["seconds"] + advise_plan_s, "cut": plan.surgery.cut,
+            "input_size": plan.data.input_size, "rule_choice": base.decision.strategy,
+            "phases": [{"name": p.name, "solver": p.solver, "epochs_run": p.epochs_run, "steps": p.steps,
+                        "seconds": p.seconds, "bottleneck": p.bottleneck} for p in result.phases],
+            "estimate": result.metrics.get("estimate", {}).get("method")}
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cmd_run(args) -> int:
+    strategies = STRATEGIES if args.strategies == "all" else tuple(args.strategies.split(","))
+    arms = tuple(args.arms.split(","))
+    split = split_dir(args.task, args.n, args.seed)
+    classes = len([d for d in (split / "train").iterdir() if d.is_dir()])
+    cache: dict = {}
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    for strategy in strategies:
+        for arm in arms:
+            if arm == "graft":
+                out = graft_arm(strategy, split, args.seed, cache)
+            else:
+                if "advice" not in cache and strategy == "truncate_probe":
+                    graft_arm("linear_probe", split, args.seed, cache)  # for the measured cut
+                cut = cache["advice"].facts.get("best_cut_layer") if "advice" in cache else None
+                out = reference(strategy, split, args.seed, cut, classes)
+                out["cut"] = cut if strategy == "truncate_probe" else None
+            row = {"task": args.task, "n": args.n, "seed": args.seed, "strategy": strategy, "arm": arm,
+                   **out, "commit": _commit(), "host_cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            with results.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"{args.task} n={args.n} seed={args.seed} {strategy:20s} {arm:9s} "
+                  f"acc {out['accuracy']:.3f}  {out['seconds']:6.1f} s", flush=True)
+    return 0
+
+
+def load_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per strategy and size, graft vs reference (mean accuracy, mean seconds) over the
+    (task, seed) pairs both arms ran; then per task the best strategy of each arm."""
+    import numpy as np
+
+    # Keep the last row of each (task, n, seed, strategy, arm): a rerun replaces an earlier one.
+    last = {}
+    for r in rows:
+        last[(r["task"], r["n"], r["seed"], r["strategy"], r["arm"])] = r
+    out = ["| strategy | n/class | runs | graft acc | reference acc | diff (points) | graft s | reference s | time ratio |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for strategy in STRATEGIES:
+        for n in sorted({k[1] for k in last}):
+            pairs = [(last[k], last[(k[0], k[1], k[2], k[3], "reference")]) for k in last
+                     if k[3] == strategy and k[1] == n and k[4] == "graft"
+                     and (k[0], k[1], k[2], k[3], "reference") in last]
+            if not pairs:
+                continue
+            g = np.array([[p[0]["accuracy"], p[0]["seconds"]] for p in pairs])
+            r = np.array([[p[1]["accuracy"], p[1]["seconds"]] for p in pairs])
+            diff = (g[:, 0] - r[:, 0]) * 100
+            out.append(f"| {strategy} | {n} | {len(pairs)} | {g[:, 0].mean():.3f} | {r[:, 0].mean():.3f} | "
+                       f"{diff.mean():+.1f} ± {diff.std(ddof=1) if len(diff) > 1 else 0:.1f} | "
+                       f"{g[:, 1].mean():.1f} | {r[:, 1].mean():.1f} | {g[:, 1].mean() / r[:, 1].mean():.2f} |")
+    out += ["", "| task | n/class | seeds | graft: best strategy (acc) | reference: best strategy (acc) |",
+            "|---|---|---|---|---|"]
+    for task in TASKS:
+        for n in sorted({k[1] for k in last}):
+            cells = []
+            seeds = sorted({k[2] for k in last if k[0] == task and k[1] == n})
+            if not seeds:
+                continue
+            for arm in ("graft", "reference"):
+                means = {}
+                for s in STRATEGIES:
+                    accs = [last[(task, n, sd, s, arm)]["accuracy"] for sd in seeds if (task, n, sd, s, arm) in last]
+                    if len(accs) == len(seeds):
+                        means[s] = float(np.mean(accs))
+                best = max(means, key=means.get) if means else None
+                cells.append(f"{best} ({means[best]:.3f})" if best else "-")
+            out.append(f"| {task} | {n} | {','.join(map(str, seeds))} | {cells[0]} | {cells[1]} |")
+    out += ["", "Per task (mean over the seeds run; accuracy, seconds):", "",
+            "| task | n/class | strategy | seeds | graft acc | ref acc | graft s | ref s |", "|---|---|---|---|---|---|---|---|"]
+    for task in TASKS:
+        for n in sorted({k[1] for k in last}):
+            for s in STRATEGIES:
+                seeds = sorted({k[2] for k in last if k[0] == task and k[1] == n and k[3] == s
+                                and (task, n, k[2], s, "graft") in last and (task, n, k[2], s, "reference") in last})
+                if not seeds:
+                    continue
+                g = [last[(task, n, sd, s, "graft")] for sd in seeds]
+                r = [last[(task, n, sd, s, "reference")] for sd in seeds]
+                out.append(f"| {task} | {n} | {s} | {','.join(map(str, seeds))} | "
+                           f"{np.mean([x['accuracy'] for x in g]):.3f} | {np.mean([x['accuracy'] for x in r]):.3f} | "
+                           f"{np.mean([x['seconds'] for x in g]):.1f} | {np.mean([x['seconds'] for x in r]):.1f} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run one part (task, size, seed) and append its rows")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--n", type=int, required=True, help="training images per class (10 or 60)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategies", default="all", help="comma-separated, or all")
+    p.add_argument("--arms", default="graft,reference")
+    p.add_argument("--results", default=str(RESULTS))
+    p.set_defaults(func=cmd_run)
+    t = sub.add_parser("table", help="print the markdown table of the results so far")
+    t.add_argument("--results", default=str(RESULTS))
+    t.set_defaults(func=lambda a: print(table(load_rows(Path(a.results)))) or 0)
+    args = parser.parse_args(argv)
+    if args.command == "run" and not MODEL.exists():
+        parser.error(f"{MODEL} not found; set GRAFT_SHARED to the folder holding models/ and data/")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
