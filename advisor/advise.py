@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import datetime as _dt
 import difflib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,28 +113,36 @@ def model_facts(model, source: str) -> ModelFacts:
                       int(shape[-1] or 3), int(model.count_params()))
 
 
-def estimate_cost(strategy: dict, train_images: int, augmented: bool, epochs_scale: float = 1.0) -> dict:
+def estimate_cost(strategy: dict, train_images: int, augmented: bool, epochs_scale: float = 1.0,
+                  batch_size: int = 32) -> dict:
     """Expected compute of a strategy, in forward passes of the pretrained base over one image.
 
-    A frozen-base head phase without augmentation costs one forward pass per image in all (bottleneck
-    features are computed once); any other phase costs `epochs x images x (1 + 2 f)`, where `f` is the
-    trainable fraction of the base (a backward pass costs about two forward passes).
+    A head-only phase on the frozen base costs one forward pass per image in all (the bottleneck
+    features are computed once and the head is fitted on them; augmentation does not change that);
+    any other phase costs `epochs x images x (1 + 2 f)`, where `f` is the trainable fraction of the
+    base (a backward pass costs about two forward passes) and `epochs` is raised to reach the
+    phase's `min_steps`. `augmented` is kept for callers; it no longer changes the cost.
     """
-    total, bottleneck_done = 0.0, False
+    total, bottleneck_done, epochs_total = 0.0, False, 0
+    steps_per_epoch = max(1, math.ceil(train_images / batch_size))
     for phase in strategy["phases"]:
         epochs = max(1, round(phase["epochs"] * epochs_scale))
+        if phase.get("min_steps"):
+            epochs = max(epochs, math.ceil(phase["min_steps"] / steps_per_epoch))
         f = TRAINABLE_FRACTION.get(phase["trainable"], 1.0)
-        if f == 0.0 and not augmented:
+        if f == 0.0 and bottleneck_done is not None:
             if not bottleneck_done:
                 total += train_images
                 bottleneck_done = True
-        else:
-            total += epochs * train_images * (1 + 2 * f)
+            epochs_total += 1
+            continue
+        bottleneck_done = None  # the backbone changed: a later head phase cannot use the features
+        total += epochs * train_images * (1 + 2 * f)
+        epochs_total += epochs
     fb = strategy.get("fallback")
     if fb:
         total += 2 * fb["scratch_trial_epochs"] * train_images * 3
-    return {"base_forward_passes": int(total), "epochs": sum(max(1, round(p["epochs"] * epochs_scale))
-                                                              for p in strategy["phases"])}
+    return {"base_forward_passes": int(total), "epochs": epochs_total}
 
 
 def force_strategy(decision: Decision, table: RuleTable, name: str) -> Decision:
@@ -203,9 +212,10 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
         skip_corrupt=bool(mods.get("skip_corrupt", True)),
     )
     train_images = int(dataset.images * (1 - data.validation_split - data.test_split))
-    cost = estimate_cost(strategy, train_images, bool(augmentation), scale)
+    cost = estimate_cost(strategy, train_images, bool(augmentation), scale, data.batch_size)
     runner = decision.runner_up
-    runner_cost = estimate_cost(table.strategies[runner], train_images, bool(augmentation), scale) if runner else {}
+    runner_cost = (estimate_cost(table.strategies[runner], train_images, bool(augmentation), scale, data.batch_size)
+                   if runner else {})
     reasons = [decision.reason] + [why for _, why in decision.modifier_rules]
     fb = strategy.get("fallback")
     sim = {"value": facts.get("similarity"), "method": facts.get("similarity_method"),

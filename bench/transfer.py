@@ -59,6 +59,7 @@ REF_PROBE_EPOCHS = 20   # the guide trains the new top for 20 epochs
 REF_WARMUP_EPOCHS = 10  # head warm-up before fine-tuning
 REF_FT_EPOCHS = 10
 REF_FT_LR = 1e-4
+REF_TRIAL_EPOCHS = 2    # finetune_or_scratch: pretrained vs random, as graft's fallback trial
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -141,6 +142,7 @@ def reference(strategy: str, split: Path, seed: int, cut: str | None, classes: i
     model = keras.Model(inputs, outputs)
 
     def fit(lr, epochs):
+        nonlocal model
         model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(train, epochs=epochs, verbose=0)
 
@@ -155,9 +157,33 @@ def reference(strategy: str, split: Path, seed: int, cut: str | None, classes: i
         fit(REF_FT_LR, REF_FT_EPOCHS)
     else:  # finetune_all, finetune_or_scratch: replace the last layer, fine-tune everything
         base.trainable = True
+        if strategy == "finetune_or_scratch":
+            trial = _scratch_trial(model, train, seed)
+            if trial["chosen"] == "random":
+                model = keras.models.clone_model(model)  # fresh weights from every initializer
         fit(REF_FT_LR, REF_FT_EPOCHS)
     acc = float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
-    return {"accuracy": acc, "seconds": time.perf_counter() - t0}
+    out = {"accuracy": acc, "seconds": time.perf_counter() - t0}
+    if strategy == "finetune_or_scratch":
+        out["trial"] = trial
+    return out
+
+
+def _scratch_trial(model, train, seed: int, epochs: int = REF_TRIAL_EPOCHS, margin: float = 0.01) -> dict:
+    """Train a pretrained and a randomly initialized copy for a few epochs; keep random if it wins
+    on the training images (there is no hold-out) by more than `margin`."""
+    import keras
+
+    scores = {}
+    for init in ("pretrained", "random"):
+        keras.utils.set_random_seed(seed)
+        trial = keras.models.clone_model(model)
+        if init == "pretrained":
+            trial.set_weights(model.get_weights())
+        trial.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        trial.fit(train, epochs=epochs, verbose=0)
+        scores[init] = float(trial.evaluate(train, verbose=0, return_dict=True)["accuracy"])
+    return {"scores": scores, "chosen": "random" if scores["random"] > scores["pretrained"] + margin else "pretrained"}
 
 
 # ------------------------------------------------------------------------------------------ graft

@@ -91,38 +91,47 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
         `LinearHead`.
     """
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     x = np.asarray(features, dtype="float64").reshape(len(features), -1)
     y = np.asarray(labels, dtype="int64")
     present = np.unique(y)
+    if len(present) < 2:
+        raise ValueError("a linear head needs images of at least two classes")
     mean = x.mean(axis=0)
     std = x.std(axis=0)
     std = np.where(std > 1e-8 * max(float(std.max(initial=0.0)), 1e-12), std, 1.0)
     z = (x - mean) / std
     notes: list[str] = []
-    folds = _folds(np.searchsorted(present, y)) if len(present) > 1 else 0
+    folds = _folds(np.searchsorted(present, y))
     cw = "balanced" if class_weight == "balanced" else None
+
+    def logistic(c: float, warm: bool = False):
+        return LogisticRegression(C=c, max_iter=MAX_ITER, class_weight=cw, warm_start=warm)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        if len(present) < 2:
-            raise ValueError("a linear head needs images of at least two classes")
+        scores: dict[float, float] = {}
+        cv_acc = None
         if folds >= 2:
-            cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-            model = LogisticRegressionCV(Cs=list(grid), cv=cv, max_iter=MAX_ITER, class_weight=cw,
-                                         scoring="accuracy", refit=True, random_state=seed)
-            model.fit(z, y)
-            C = float(model.C_[0])
-            per_c = np.asarray(next(iter(model.scores_.values()))).mean(axis=0)
-            scores = {float(c): float(s) for c, s in zip(model.Cs_, per_c)}
-            cv_acc = scores[C]
+            correct = np.zeros(len(grid))
+            splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+            for train, test in splitter.split(z, y):
+                model = logistic(grid[0], warm=True)  # along the path, each fit starts from the last
+                for k, c in enumerate(grid):
+                    model.set_params(C=c)
+                    model.fit(z[train], y[train])
+                    correct[k] += (model.predict(z[test]) == y[test]).sum()
+            accs = correct / len(y)
+            scores = {float(c): float(a) for c, a in zip(grid, accs)}
+            best = int(np.argmax(accs))  # ties: the smallest C, the strongest regularization
+            C, cv_acc = float(grid[best]), float(accs[best])
         else:
             C = 1.0
-            model = LogisticRegression(C=C, max_iter=MAX_ITER, class_weight=cw)
-            model.fit(z, y)
-            scores, cv_acc = {}, None
             notes.append("fewer than two images in some class: no cross-validation, C = 1")
+        model = logistic(C)
+        model.fit(z, y)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         notes.append(f"L-BFGS did not fully converge in {MAX_ITER} iterations")
     coef, intercept = np.asarray(model.coef_), np.asarray(model.intercept_)
@@ -152,4 +161,15 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
     return (round(float(ci.low), 4), round(float(ci.high), 4))
 
 
-__all__ = ["C_GRID", "LinearHead", "fit_linear_head", "wilson_interval"]
+def describe_estimate(estimate: dict | None) -> str:
+    """One sentence for people: the expected accuracy on new images and how it was measured."""
+    if not estimate:
+        return "accuracy on new images: not recorded"
+    if estimate.get("accuracy") is None:
+        return f"accuracy on new images: not measured. {estimate.get('note', '')}".strip()
+    lo, hi = estimate["interval95"]
+    return (f"expected accuracy on new images {estimate['accuracy']:.3f} (95 % interval {lo:.3f}-{hi:.3f}), "
+            f"from the {estimate['method']} on {estimate['images']} images")
+
+
+__all__ = ["C_GRID", "LinearHead", "describe_estimate", "fit_linear_head", "wilson_interval"]

@@ -480,8 +480,16 @@ def write_report(
     add("</div>")
     add(
         f"<p>Accuracy {_e(_fmt(metrics.get('accuracy')))}, "
-        f"balanced accuracy {_e(_fmt(metrics.get('balanced_accuracy')))}.</p>"
+        f"balanced accuracy {_e(_fmt(metrics.get('balanced_accuracy')))}"
+        f" on the {_e(metrics.get('split', 'test'))} images.</p>"
     )
+    if "estimate" in metrics:
+        from surgery.probe import describe_estimate
+
+        add(f"<p class='estimate'>{_e(describe_estimate(metrics['estimate']))}.</p>")
+    if metrics.get("model_input"):
+        mi = metrics["model_input"]
+        add(f"<p>The saved model takes {_e(mi['pixels'])}; {_e(mi['resize'])}.</p>")
     add("<h3>Per class</h3>")
     add(_per_class_table(metrics))
 

@@ -584,9 +584,14 @@ def _compile(model, ph, lr_factor_map, jit, total_steps: int = 1):
 
 
 #: Seconds between checkpoints within a phase (the last epoch of a phase, and of a
-#: `stop_after_epochs` slice, is always checkpointed). Writing the weights and the optimizer every
-#: epoch costs more than the epoch itself on small data sets.
-CHECKPOINT_SECONDS = float(os.environ.get("GRAFT_CHECKPOINT_SECONDS", 60))
+#: `stop_after_epochs` slice, is always checkpointed; GRAFT_CHECKPOINT_SECONDS overrides it, 0 for
+#: every epoch). Writing the weights and the optimizer every epoch costs more than the epoch itself
+#: on small data sets.
+CHECKPOINT_SECONDS = 60.0
+
+
+def _checkpoint_seconds() -> float:
+    return float(os.environ.get("GRAFT_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
 
 
 def _linear_dense(model: keras.Model, head: list[str]):
@@ -704,7 +709,7 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
             reporter.epoch(ph.name, epoch + 1, epochs, logs, seconds)
 
         ckpt = Checkpointer(run_dir, state, train_model, monitor, ph.early_stopping_patience, on_epoch,
-                            final_epoch=end_epoch, every_seconds=CHECKPOINT_SECONDS)
+                            final_epoch=end_epoch, every_seconds=_checkpoint_seconds())
         progress = _BatchProgress(reporter, ph.name, steps_per_epoch)
         keras.utils.set_random_seed(plan.data.seed + 1000 * i + entry["epochs_done"])
         if end_epoch > entry["epochs_done"]:

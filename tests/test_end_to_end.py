@@ -33,7 +33,7 @@ def test_advised_plan_applies_end_to_end(tmp_path, similarity, overrides, strate
     assert (advice.decision.strategy, advice.decision.case) == (strategy, case)
     plan = advice.plan
     for phase in plan.training.phases:
-        phase.epochs = 1
+        phase.epochs, phase.min_steps = 1, None
     if plan.training.fallback:
         plan.training.fallback.scratch_trial_epochs = 1
     plan_file = save_plan(plan, tmp_path / "plan.yaml")
@@ -43,4 +43,14 @@ def test_advised_plan_applies_end_to_end(tmp_path, similarity, overrides, strate
     model = keras.models.load_model(result.model_path, safe_mode=True)
     probs = model.predict(np.zeros((2, 32, 32, 3)), verbose=0)
     assert probs.shape == (2, 5) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-    assert 0 <= result.metrics["accuracy"] <= 1 and result.metrics["n_samples"] == result.splits["test"]
+    # nothing held out (the data set names no splits): every image trained the model, and the
+    # estimate says how accuracy on new images was measured, if it was
+    assert result.splits == {"train": 300, "val": 0, "test": 0} and result.metrics["split"] == "train"
+    estimate = result.metrics["estimate"]
+    if strategy == "linear_probe":
+        assert estimate["method"].endswith("cross-validation of the head") and estimate["images"] == 300
+        lo, hi = estimate["interval95"]
+        assert 0 <= lo < estimate["accuracy"] < hi <= 1
+    else:
+        assert estimate["method"] == "none" and "not measured" in estimate["note"]
+        assert 0 <= estimate["head_only_cv_accuracy"] <= 1

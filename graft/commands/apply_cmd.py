@@ -133,6 +133,13 @@ def run(args) -> int:
     m = result.metrics
     console.print(f"{m.get('split', 'test')} accuracy [bold]{m.get('accuracy', 0):.3f}[/], balanced accuracy "
                   f"{m.get('balanced_accuracy', 0):.3f} on {m.get('n_samples', 0)} images")
+    from surgery.probe import describe_estimate
+
+    console.print(describe_estimate(m.get("estimate")))
+    if m.get("model_input"):
+        size = m["model_input"]["size"]
+        console.print(f"model.keras takes raw 0..255 pixels, {m['model_input']['channels']} channel(s); "
+                      f"resize images to {size[0]}x{size[1]} (the training size) before predicting")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"Run directory: [bold]{result.run_dir}[/] (model.keras, metrics.json, history.csv, "

@@ -85,11 +85,14 @@ def test_plan_of_the_stated_similarity(similar):
     # 60 images per class < augment_below: the augmentation modifier applied, and its reason is kept
     assert plan.data.augmentation == {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1}
     assert any("random flips" in r for r in plan.decision.reasons[1:])
-    assert [(p.name, p.trainable, p.epochs) for p in plan.training.phases] == [("head", "head", 15)]
+    assert [(p.name, p.trainable, p.epochs, p.solver) for p in plan.training.phases] == [
+        ("head", "head", 30, "auto")]
     assert plan.surgery.head.classes == 5 and plan.surgery.cut is None
-    # no model given: the plan names MobileNetV2 on ImageNet at 224 px
+    # no model given: the plan names MobileNetV2 on ImageNet, at 160 px without a GPU
     assert (plan.model.source, plan.model.weights, plan.model.input_size) == ("mobilenetv2", "imagenet", None)
-    assert plan.data.input_size == [224, 224]
+    assert plan.data.input_size == ([224, 224] if similar.facts["gpu"] else [160, 160])
+    # nothing held out: every labelled image trains the final model
+    assert (plan.data.validation_split, plan.data.test_split) == (0.0, 0.0)
     assert plan.data.path == str(DATA)
     assert plan.outputs.dir == "runs/cifar_b-linear_probe"
     assert plan.provenance.rules == str(DEFAULT_RULES) and plan.provenance.rules_version == 1
@@ -99,12 +102,18 @@ def test_plan_of_the_stated_similarity(similar):
 
 def test_expected_costs_follow_the_strategies(similar):
     plan, table = similar.plan, similar.rules
-    train_images = int(300 * (1 - plan.data.validation_split - plan.data.test_split))
-    assert plan.decision.expected_cost == estimate_cost(table.strategies["linear_probe"], train_images, True)
-    assert plan.decision.runner_up_cost == estimate_cost(table.strategies["lp_ft_top"], train_images, True)
-    # with augmentation the frozen head trains on every epoch: 15 epochs x 210 images
-    assert plan.decision.expected_cost == {"base_forward_passes": 15 * 210, "epochs": 15}
-    assert plan.decision.runner_up_cost["base_forward_passes"] > plan.decision.expected_cost["base_forward_passes"]
+    assert plan.decision.expected_cost == estimate_cost(table.strategies["linear_probe"], 300, True)
+    assert plan.decision.runner_up_cost == estimate_cost(table.strategies["lp_ft_top"], 300, True)
+    # the frozen head is fitted on features computed once, augmentation or not: one pass over 300 images
+    assert plan.decision.expected_cost == {"base_forward_passes": 300, "epochs": 1}
+    # then the top third trains for 10 epochs (10 batches each, above the 30-step floor): 300 + 10 x 300 x 5/3
+    assert plan.decision.runner_up_cost == {"base_forward_passes": 300 + 5000, "epochs": 11}
+
+
+def test_min_steps_raise_the_epochs_of_small_data_sets():
+    strategy = {"phases": [{"trainable": "all", "epochs": 10, "min_steps": 60}]}
+    assert estimate_cost(strategy, 60, False)["epochs"] == 30        # 2 steps an epoch
+    assert estimate_cost(strategy, 6400, False)["epochs"] == 10      # 200 steps an epoch
 
 
 def test_advised_plan_round_trips(similar):
@@ -305,3 +314,25 @@ def test_cli_rules_file_with_a_misspelled_fact(tmp_path):
 def test_cli_out_must_not_be_a_folder(tmp_path):
     line = error_line(cli(DATA, "--similarity", "0.8", "--out", tmp_path))
     assert "is a folder" in line
+
+
+def test_strategy_can_be_forced_and_the_rules_choice_is_kept():
+    advice = advise(DATA, similarity=0.8, strategy="lp_ft")
+    d, plan = advice.decision, advice.plan
+    assert (d.strategy, d.rule, d.runner_up) == ("lp_ft", "forced", "linear_probe")
+    assert plan.decision.strategy == "lp_ft" and plan.decision.reasons[0].startswith(
+        "Strategy lp_ft was forced (--strategy); the rules chose linear_probe (rule small_similar, case 1)")
+    assert [(p.trainable, p.min_steps) for p in plan.training.phases] == [("head", 300), ("all", 30)]
+    assert plan.outputs.dir == "runs/cifar_b-lp_ft"
+    with pytest.raises(InputError, match="'lp_fit' is not a strategy .*did you mean 'lp_ft'"):
+        advise(DATA, similarity=0.8, strategy="lp_fit")
+
+
+def test_cli_strategy_forces_the_plan_and_a_bad_name_exits_2(tmp_path):
+    proc = cli(DATA, "--similarity", "0.8", "--strategy", "finetune_all", "--out", tmp_path / "plan.yaml",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert load_plan(tmp_path / "plan.yaml").decision.strategy == "finetune_all"
+    line = error_line(cli(DATA, "--strategy", "linear", "--out", tmp_path / "other.yaml", cwd=tmp_path))
+    assert "'linear' is not a strategy" in line and "linear_probe" in line
+    assert not (tmp_path / "other.yaml").exists()

@@ -150,9 +150,9 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(text):
 
 
 @pytest.mark.parametrize("section, old, new, message", [
-    ("training:", "    epochs: 15", "    epochs: five", "'training.phases.0.epochs' must be an integer, not 'five'"),
-    ("training:", "    epochs: 15", "    epochs: true", "'training.phases.0.epochs' must be an integer, not True"),
-    ("training:", "    epochs: 15", "    epochs: 1.5", "'training.phases.0.epochs' must be an integer, not 1.5"),
+    ("training:", "    epochs: 30", "    epochs: five", "'training.phases.0.epochs' must be an integer, not 'five'"),
+    ("training:", "    epochs: 30", "    epochs: true", "'training.phases.0.epochs' must be an integer, not True"),
+    ("training:", "    epochs: 30", "    epochs: 1.5", "'training.phases.0.epochs' must be an integer, not 1.5"),
     ("training:", "    learning_rate: 0.001", "    learning_rate: fast",
      "'training.phases.0.learning_rate' must be a number, not 'fast'"),
     ("model:", "  safe_mode: true", "  safe_mode: 1", "'model.safe_mode' must be true or false, not 1"),
@@ -173,7 +173,7 @@ def test_wrong_types_name_the_line(text, section, old, new, message):
 
 
 def test_wrong_type_of_a_list_item_names_the_item_line(text):
-    text, line = edit(text, "data:", "  - 224", "  - big")
+    text, line = edit(text, "data:", "  - 160", "  - big")
     assert plan_error(text) == f"plan.yaml:{line}: 'data.input_size.0' must be an integer, not 'big'"
 
 
@@ -189,7 +189,7 @@ def test_wrong_type_of_a_list_item_names_the_item_line(text):
     ("training:", "    trainable: head", "    trainable: top_quarter",
      "trainable is 'top_quarter'; expected head, all, top_third, top_half, from_cut or from:LAYER"),
     ("training:", "    trainable: head", "    trainable: 'from:'", "trainable is 'from:'; expected head, all,"),
-    ("training:", "    epochs: 15", "    epochs: 0", "epochs must be at least 1"),
+    ("training:", "    epochs: 30", "    epochs: 0", "epochs must be at least 1"),
     ("training:", "    learning_rate: 0.001", "    learning_rate: 0", "learning_rate must be positive"),
     ("training:", "    backbone_learning_rate: null", "    backbone_learning_rate: -1.0e-05",
      "backbone_learning_rate must be positive"),
@@ -210,8 +210,7 @@ def test_wrong_type_of_a_list_item_names_the_item_line(text):
     ("data:", "  channels: 3", "  channels: 2", "'data.channels' is 2; expected one of 1, 3"),
     ("data:", "  channel_mode: keep", "  channel_mode: gray", "'data.channel_mode' is 'gray'; expected one of keep,"),
     ("data:", "  preprocessing: model", "  preprocessing: torch", "'data.preprocessing' is 'torch'; expected one of model, none"),
-    ("data:", "  validation_split: 0.2", "  validation_split: 1.0", "data.validation_split must be in [0, 1)"),
-    ("data:", "  test_split: 0.1", "  test_split: 0.8", "data.validation_split + data.test_split must leave training data"),
+    ("data:", "  validation_split: 0.0", "  validation_split: 1.0", "data.validation_split must be in [0, 1)"),
     ("data:", "  batch_size: 32", "  batch_size: 0", "data.batch_size must be at least 1"),
     ("data:", "    flip: horizontal", "    flipp: horizontal",
      "'data.augmentation.flipp' is 'flipp'; expected one of flip, rotation, zoom, contrast, translation; did you mean 'flip'?"),
@@ -223,11 +222,33 @@ def test_invalid_values_name_the_line(text, section, old, new, message):
     assert message in msg
 
 
+def test_splits_must_leave_training_data(text):
+    text, _ = edit(text, "data:", "  validation_split: 0.0", "  validation_split: 0.5")
+    text, line = edit(text, "data:", "  test_split: 0.0", "  test_split: 0.5")
+    assert plan_error(text) == (f"plan.yaml:{line}: data.validation_split + data.test_split must leave "
+                                "training data")
+
+
+def test_advised_plan_trains_on_every_image_and_floors_fine_tuning_steps(advised):
+    assert advised.data.validation_split == 0.0 and advised.data.test_split == 0.0
+    assert advised.training.phases[0].solver == "auto"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("schedule", "cosin", "'training.phases.0.schedule' is 'cosin'; expected one of constant, cosine; did you mean 'cosine'?"),
+    ("solver", "lbfgs", "'training.phases.0.solver' is 'lbfgs'; expected one of auto, convex, gradient"),
+    ("min_steps", 0, "min_steps must be at least 1 (or null for no floor)"),
+])
+def test_new_phase_fields_are_checked(plan, key, value, message):
+    setattr(plan.training.phases[0], key, value)
+    assert message in plan_error(dump_plan(plan))
+
+
 def test_input_size_must_be_two_sides(text):
     lines = text.split("\n")
     start = lines.index("data:")
     i = lines.index("  input_size:", start)
-    assert lines[i + 1:i + 3] == ["  - 224", "  - 224"]
+    assert lines[i + 1:i + 3] == ["  - 160", "  - 160"]
     lines[i + 1:i + 3] = ["  - 4", "  - 4"]
     assert plan_error("\n".join(lines)) == (f"plan.yaml:{i + 1}: data.input_size must be [height, width], "
                                            "each at least 8")

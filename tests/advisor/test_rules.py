@@ -414,7 +414,7 @@ def _in_default_never_wins():
 def _in_default_overlap_under_unique():
     text = replace_once(DEFAULT_TEXT, "hit_policy: first", "hit_policy: unique")
     return text, line_of(text, "- name: small_different\n"), \
-        "overlap in the strategy table (hit_policy unique): rules 'too_few_per_class' (line 88) and " \
+        "overlap in the strategy table (hit_policy unique): rules 'too_few_per_class' (line 92) and " \
         "'small_different' both match images=9999, images_per_class_min=4"
 
 

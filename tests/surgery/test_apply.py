@@ -108,7 +108,7 @@ def test_case2_small_different_cut_early_frozen(tmp_path, original):
 
 
 def test_case3_large_similar_finetune_all_with_discriminative_rates(tmp_path, original):
-    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=3e-3),
+    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=3e-3, solver="gradient"),
               Phase(name="finetune", trainable="all", epochs=2, learning_rate=1e-3, backbone_learning_rate=1e-4)]
     result = run(make_plan(tmp_path / "run", phases))
     after = trained_weights(result)
@@ -166,7 +166,7 @@ def test_discriminative_rates_scale_each_variables_step():
 
 
 def test_resume_continues_from_last_completed_epoch(tmp_path):
-    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=1e-3),
+    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=1e-3, solver="gradient"),
               Phase(name="finetune", trainable="all", epochs=3, learning_rate=1e-4)]
     plan = make_plan(tmp_path / "run", phases, augmentation={"flip": "horizontal"})
     partial = run(plan, stop_after_epochs=3)
@@ -192,8 +192,9 @@ def _cli(*args, cwd):
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_cli_apply_sigkill_then_resume_finishes_same_epoch_count(tmp_path):
-    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=1e-3),
+def test_cli_apply_sigkill_then_resume_finishes_same_epoch_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAFT_CHECKPOINT_SECONDS", "0")  # a commit every epoch, so a kill lands mid-phase
+    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=1e-3, solver="gradient"),
               Phase(name="finetune", trainable="all", epochs=4, learning_rate=1e-4)]
     plan = make_plan(tmp_path / "run", phases, augmentation={"flip": "horizontal"})
     plan_file = save_plan(plan, tmp_path / "plan.yaml")
@@ -305,7 +306,7 @@ def test_mixed_precision_on_computes_in_float16_and_saves_float32_outputs(tmp_pa
 
 
 def test_same_plan_and_seed_repeat_exactly(tmp_path):
-    phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=3e-3)]
+    phases = [Phase(name="finetune", trainable="top_third", epochs=2, learning_rate=1e-3)]  # augmented batches
     results = [run(make_plan(tmp_path / f"run{i}", phases, augmentation={"flip": "horizontal", "zoom": 0.1}))
                for i in range(2)]
     a, b = (trained_weights(r)["head_predictions"] for r in results)
@@ -313,7 +314,7 @@ def test_same_plan_and_seed_repeat_exactly(tmp_path):
 
 
 def test_resume_inside_a_bottleneck_phase_matches_an_uninterrupted_run(tmp_path):
-    phases = [Phase(name="head", trainable="head", epochs=4, learning_rate=3e-3)]
+    phases = [Phase(name="head", trainable="head", epochs=4, learning_rate=3e-3, solver="gradient")]
     whole_plan, plan = make_plan(tmp_path / "whole", phases), make_plan(tmp_path / "split", phases)
     whole_plan.surgery.head.dropout = plan.surgery.head.dropout = 0.3  # dropout RNG state is resumed too
     whole = run(whole_plan)
@@ -334,3 +335,78 @@ def test_data_over_the_cache_budget_streams_from_disk(tmp_path, monkeypatch):
     result = run(make_plan(tmp_path / "run", phases))
     assert not any("kept in memory" in note for note in result.notes)
     assert len(result.history) == 1 and result.metrics["n_samples"] == result.splits["test"]
+
+
+# ------------------------------------------------------------------------------------------ recipes
+
+
+def test_head_phase_is_a_convex_fit_on_features_even_with_augmentation(tmp_path, original):
+    plan = make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=8)],
+                     augmentation={"flip": "horizontal"})
+    result = run(plan)
+    ph = result.phases[0]
+    assert ph.bottleneck and ph.solver == "convex" and ph.epochs_run == 1 and ph.steps == 0
+    row = result.history[0]
+    assert 0 <= row["cv_accuracy"] <= 1 and "val_accuracy" in row  # the plan holds out validation images
+    after = trained_weights(result)
+    assert all(same(original[n], after[n]) for n in original if n != "predictions")
+    assert result.metrics["accuracy"] > CHANCE + 0.2
+    est = result.metrics["estimate"]
+    assert est["method"] == "test split" and est["images"] == result.splits["test"]
+    assert est["interval95"][0] <= est["accuracy"] <= est["interval95"][1]
+    assert result.metrics["model_input"]["size"] == [32, 32]
+
+
+def test_convex_solver_refuses_a_head_with_hidden_layers(tmp_path):
+    plan = make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=1, solver="convex")])
+    plan.surgery.head.hidden = [16]
+    with pytest.raises(PlanError, match="solver convex needs"):
+        run(plan)
+
+
+def test_min_steps_raise_the_epochs_and_cosine_schedule_trains(tmp_path):
+    # 300 images - 20 % validation - 20 % test = 180 training images: 6 steps an epoch at batch 32
+    phases = [Phase(name="finetune", trainable="top_third", epochs=1, learning_rate=1e-3, min_steps=15,
+                    schedule="cosine")]
+    result = run(make_plan(tmp_path / "run", phases))
+    ph = result.phases[0]
+    assert (ph.epochs, ph.epochs_run, ph.steps) == (3, 3, 18) and len(result.history) == 3
+    assert result.metrics["accuracy"] > CHANCE
+
+
+def test_learning_rate_schedule_warms_up_and_decays_to_zero():
+    from surgery.runner import _learning_rate, phase_epochs
+
+    schedule = _learning_rate(Phase(learning_rate=1e-3, schedule="cosine"), total_steps=100)
+    values = [float(schedule(step)) for step in (0, 10, 55, 100)]
+    assert values[0] == 0.0 and values[1] == pytest.approx(1e-3) and 0 < values[2] < 1e-3
+    assert values[3] == pytest.approx(0.0, abs=1e-9)
+    assert _learning_rate(Phase(learning_rate=1e-3), 100) == 1e-3
+    assert phase_epochs(Phase(epochs=10, min_steps=60), images=60, batch_size=32) == 30
+    assert phase_epochs(Phase(epochs=10, min_steps=60), images=6400, batch_size=32) == 10
+
+
+def test_checkpoints_are_throttled_but_the_last_epoch_is_committed(tmp_path):
+    from surgery.train import Checkpointer, read_state
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    state = {"history": [], "phase": {"index": 0, "name": "ft", "epochs_done": 0, "wait": 0}}
+    writes = []
+
+    class Counting(Checkpointer):
+        def on_epoch_end(self, epoch, logs=None):
+            before = (tmp_path / "state.json").stat().st_mtime_ns if (tmp_path / "state.json").exists() else None
+            super().on_epoch_end(epoch, logs)
+            after = (tmp_path / "state.json").stat().st_mtime_ns if (tmp_path / "state.json").exists() else None
+            writes.append(after != before)
+
+    ckpt = Counting(tmp_path, state, model, monitor=None, patience=2, final_epoch=4, every_seconds=1e9)
+    x, y = np.random.rand(16, 4).astype("float32"), np.arange(16) % 2
+    model.fit(x, y, epochs=4, callbacks=[ckpt], verbose=0)
+    assert writes == [False, False, False, True]  # only the last epoch commits; no early stop without a monitor
+    saved = read_state(tmp_path)
+    assert [r["epoch"] for r in saved["history"]] == [1, 2, 3, 4] and saved["phase"]["epochs_done"] == 4
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "last-00-004.weights.h5", "optimizer-00-004.npz"]

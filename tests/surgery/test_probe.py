@@ -1,0 +1,92 @@
+"""The convex head fit (surgery/probe.py) on real data: scikit-learn's bundled handwritten digits
+(1,797 real 8x8 images, 64 pixel features) and a real Keras Dense layer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from surgery.probe import C_GRID, describe_estimate, fit_linear_head, wilson_interval
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    x, y = x[order].astype("float32"), y[order]
+    return x[:500], y[:500], x[500:], y[500:]
+
+
+def _predict(fit, x):
+    return (x @ fit.kernel + fit.bias).argmax(axis=1)
+
+
+def test_fit_reaches_a_good_held_out_accuracy_with_c_from_the_grid(digits):
+    xtr, ytr, xte, yte = digits
+    fit = fit_linear_head(xtr, ytr, classes=10, seed=0)
+    assert fit.C in C_GRID and fit.cv_folds == 5 and fit.images == 500
+    assert set(fit.scores) == set(C_GRID) and fit.cv_accuracy == max(fit.scores.values())
+    assert 0.9 < fit.cv_accuracy <= 1 and fit.train_accuracy >= fit.cv_accuracy - 0.05
+    assert (_predict(fit, xte) == yte).mean() > 0.9
+
+
+def test_standardization_is_folded_so_the_scale_of_features_does_not_matter(digits):
+    # Shallow-cut features are tiny; a head fitted on them must predict as on well-scaled ones.
+    xtr, ytr, xte, _ = digits
+    big, tiny = fit_linear_head(xtr, ytr, 10), fit_linear_head(xtr * 1e-4, ytr, 10)
+    assert big.C == tiny.C
+    assert (_predict(big, xte) == _predict(tiny, xte * 1e-4)).mean() > 0.99
+
+
+def test_a_keras_dense_layer_computes_the_fitted_head(digits):
+    xtr, ytr, xte, _ = digits
+    fit = fit_linear_head(xtr, ytr, classes=10)
+    dense = keras.layers.Dense(10, activation="softmax")
+    dense.build((None, 64))
+    fit.assign_to(dense)
+    probs = np.asarray(dense(xte[:50]))
+    logits = xte[:50] @ fit.kernel + fit.bias
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.allclose(probs, expected, atol=1e-5)
+    wrong = keras.layers.Dense(9)
+    wrong.build((None, 64))
+    with pytest.raises(ValueError, match="kernel of shape"):
+        fit.assign_to(wrong)
+
+
+def test_two_classes_and_classes_without_images(digits):
+    xtr, ytr, _, _ = digits
+    keep = np.isin(ytr, (3, 8))
+    fit = fit_linear_head(xtr[keep], ytr[keep], classes=10)
+    assert fit.kernel.shape == (64, 10)
+    pred = _predict(fit, xtr[keep])
+    assert set(np.unique(pred)) <= {3, 8} and (pred == ytr[keep]).mean() > 0.9
+
+
+def test_too_few_images_per_class_fits_without_cross_validation(digits):
+    xtr, ytr, _, _ = digits
+    idx = np.concatenate([np.where(ytr == c)[0][:1] for c in range(10)])  # one image per class
+    fit = fit_linear_head(xtr[idx], ytr[idx], classes=10)
+    assert fit.cv_folds == 0 and fit.cv_accuracy is None and fit.C == 1.0
+    assert any("no cross-validation" in n for n in fit.notes)
+    with pytest.raises(ValueError, match="two classes"):
+        fit_linear_head(xtr[ytr == 1], ytr[ytr == 1], classes=10)
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(8, 10) == (0.4902, 0.9433)  # the textbook example
+    lo, hi = wilson_interval(0, 40)
+    assert lo == 0.0 and 0.08 < hi < 0.09
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_describe_estimate_says_how_accuracy_was_measured():
+    text = describe_estimate({"method": "test split", "accuracy": 0.8, "images": 10, "interval95": [0.49, 0.94]})
+    assert text == ("expected accuracy on new images 0.800 (95 % interval 0.490-0.940), from the test split "
+                    "on 10 images")
+    assert describe_estimate({"method": "none", "accuracy": None, "note": "give a test/ folder"}).endswith(
+        "not measured. give a test/ folder")
