@@ -103,6 +103,13 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
     std = x.std(axis=0)
     std = np.where(std > 1e-8 * max(float(std.max(initial=0.0)), 1e-12), std, 1.0)
     z = (x - mean) / std
+    # An L2-regularized linear model's weights lie in the span of its training rows (the gradient
+    # of the loss is z.T @ residuals), and every fold's rows are a subset of all rows: fitting on the
+    # coordinates of z in that span is exact and, with fewer images than features (10 per class on
+    # 1,280 channels), many times cheaper.
+    _, sv, vt = np.linalg.svd(z, full_matrices=False)
+    basis = vt[sv > sv.max(initial=0.0) * 1e-10]
+    z = z @ basis.T
     notes: list[str] = []
     folds = _folds(np.searchsorted(present, y))
     cw = "balanced" if class_weight == "balanced" else None
@@ -134,7 +141,7 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
         model.fit(z, y)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         notes.append(f"L-BFGS did not fully converge in {MAX_ITER} iterations")
-    coef, intercept = np.asarray(model.coef_), np.asarray(model.intercept_)
+    coef, intercept = np.asarray(model.coef_) @ basis, np.asarray(model.intercept_)
     if coef.shape[0] == 1:  # sklearn's binary form: one logit for the second class
         coef = np.concatenate([-coef / 2, coef / 2])
         intercept = np.concatenate([-intercept / 2, intercept / 2])
