@@ -106,6 +106,16 @@ def trace_table(decision: Decision) -> Table:
     return t
 
 
+def _convex_head(plan, index: int) -> bool:
+    """Whether `apply` will fit this phase as a convex problem (surgery.runner's conditions, read
+    from the plan: a head phase on an unchanged backbone, a linear head, no distribution)."""
+    p = plan.training.phases[index]
+    return (p.trainable == "head" and p.solver != "gradient" and not plan.surgery.head.hidden
+            and plan.surgery.head.activation == "softmax" and plan.training.bottleneck != "off"
+            and plan.training.distribution == "none"
+            and all(q.trainable == "head" for q in plan.training.phases[:index]))
+
+
 def plan_panel(plan, path: str | None = None) -> Panel:
     """The surgery, the phases and the data settings of a plan."""
     s, d = plan.surgery, plan.data
@@ -124,11 +134,15 @@ def plan_panel(plan, path: str | None = None) -> Panel:
                  + (f", scratch trial {plan.training.fallback.scratch_trial_epochs} epochs"
                     if plan.training.fallback else "") + "\n")
     t = Table(box=None, padding=(0, 2))
-    for col in ("phase", "trainable", "epochs", "optimizer", "lr", "backbone lr", "patience"):
+    for col in ("phase", "trainable", "budget", "optimizer", "lr", "backbone lr"):
         t.add_column(col)
-    for p in plan.training.phases:
-        t.add_row(p.name, p.trainable, str(p.epochs), p.optimizer, f"{p.learning_rate:g}",
-                  _v(p.backbone_learning_rate), _v(p.early_stopping_patience))
+    for i, p in enumerate(plan.training.phases):
+        if _convex_head(plan, i):
+            t.add_row(p.name, p.trainable, "convex fit, C by CV", "l-bfgs", "-", "-")
+            continue
+        budget = f"{p.epochs} epochs" + (f", >= {p.min_steps} steps" if p.min_steps else "")
+        lr = f"{p.learning_rate:g}" + (" cosine" if p.schedule == "cosine" else "")
+        t.add_row(p.name, p.trainable, budget, p.optimizer, lr, _v(p.backbone_learning_rate))
     title = f"Plan{f' → {path}' if path else ''}"
     return Panel(Group(lines, t), title=title, title_align="left")
 
@@ -156,7 +170,11 @@ def rules_table(table: RuleTable) -> Group:
     for col in ("strategy", "cut", "phases", "what it does"):
         sg.add_column(col)
     for name, spec in table.strategies.items():
-        phases = "; ".join(f"{p['name']}: {p['trainable']} x{p['epochs']} @ {p['learning_rate']:g}"
-                           for p in spec["phases"])
+        phases = "; ".join(
+            f"{p['name']}: convex fit" if p["trainable"] == "head" and p.get("solver", "auto") != "gradient"
+            and not spec.get("head", {}).get("hidden") else
+            f"{p['name']}: {p['trainable']} x{p['epochs']}"
+            + (f" (>= {p['min_steps']} steps)" if p.get("min_steps") else "") + f" @ {p['learning_rate']:g}"
+            for p in spec["phases"])
         sg.add_row(name, spec["cut"], phases, spec.get("doc", ""))
     return Group(th, st, mt, sg)

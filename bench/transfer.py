@@ -326,6 +326,48 @@ def table(rows: list[dict]) -> str:
                 out.append(f"| {task} | {n} | {s} | {','.join(map(str, seeds))} | "
                            f"{np.mean([x['accuracy'] for x in g]):.3f} | {np.mean([x['accuracy'] for x in r]):.3f} | "
                            f"{np.mean([x['seconds'] for x in g]):.1f} | {np.mean([x['seconds'] for x in r]):.1f} |")
+    out += ["", advice_table(last)]
+    return "\n".join(out)
+
+
+def advice_table(last: dict) -> str:
+    """How good the rules' choice is among graft's own strategies: per (task, n), the oracle (best
+    strategy by mean test accuracy over the seeds run), the rules' choice and its regret (points
+    below the oracle); then every static default ("always X") beside the rules."""
+    import numpy as np
+
+    rows, regrets, times = [], {"rules": []}, {"rules": []}
+    for s in STRATEGIES:
+        regrets[s], times[s] = [], []
+    for task in TASKS:
+        for n in sorted({k[1] for k in last}):
+            seeds = sorted({k[2] for k in last if k[0] == task and k[1] == n and k[4] == "graft"})
+            full = [sd for sd in seeds if all((task, n, sd, s, "graft") in last for s in STRATEGIES)]
+            if not full:
+                continue
+            acc = {s: float(np.mean([last[(task, n, sd, s, "graft")]["accuracy"] for sd in full])) for s in STRATEGIES}
+            sec = {s: float(np.mean([last[(task, n, sd, s, "graft")]["seconds"] for sd in full])) for s in STRATEGIES}
+            oracle = max(acc, key=acc.get)
+            chosen = last[(task, n, full[0], "linear_probe", "graft")].get("rule_choice")
+            if chosen not in acc:
+                continue
+            for s in STRATEGIES:
+                regrets[s].append((acc[oracle] - acc[s]) * 100)
+                times[s].append(sec[s] / sec["finetune_all"])
+            regrets["rules"].append((acc[oracle] - acc[chosen]) * 100)
+            times["rules"].append(sec[chosen] / sec["finetune_all"])
+            rows.append(f"| {task} | {n} | {','.join(map(str, full))} | {oracle} ({acc[oracle]:.3f}) | "
+                        f"{chosen} ({acc[chosen]:.3f}) | {(acc[oracle] - acc[chosen]) * 100:.1f} |")
+    if not rows:
+        return ""
+    out = ["Advice (graft's strategies only): the oracle and the rules' choice per task", "",
+           "| task | n/class | seeds | oracle (acc) | rules' choice (acc) | regret (points) |", "|---|---|---|---|---|---|",
+           *rows, "", "| policy | mean regret (points) | within 1 point | wall time / always finetune_all |",
+           "|---|---|---|---|"]
+    for name in ("rules", *STRATEGIES):
+        r = np.array(regrets[name])
+        label = "rules.yaml (default)" if name == "rules" else f"always {name}"
+        out.append(f"| {label} | {r.mean():.1f} | {int((r <= 1).sum())}/{len(r)} | {np.mean(times[name]):.2f} |")
     return "\n".join(out)
 
 
