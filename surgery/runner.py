@@ -795,8 +795,7 @@ def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
         return {"method": method, "accuracy": acc, "images": n,
                 "interval95": list(wilson_interval(round(acc * n), n))}
     probe = state.get("probe")
-    last_changed = max((i for i, ph in enumerate(plan.training.phases)), default=-1)
-    if probe and probe.get("cv_accuracy") is not None and probe["phase"] == last_changed:
+    if probe and probe.get("cv_accuracy") is not None and probe["phase"] == len(plan.training.phases) - 1:
         m = int(probe["images"])
         cv = float(probe["cv_accuracy"])
         return {"method": f"{probe['cv_folds']}-fold cross-validation of the head", "accuracy": cv, "images": m,

@@ -6,8 +6,9 @@ of the chosen Keras optimizer whose `update_step` multiplies the learning rate b
 factor (backbone variables: `backbone_learning_rate / learning_rate`, head variables: 1). One
 optimizer, one set of slots, any backend.
 
-`Checkpointer` is the resume machinery: after every epoch it writes the weights and the optimizer's
-variables to new files, then `state.json` (the commit point, written atomically), then removes the
+`Checkpointer` is the resume machinery: at the end of an epoch (at most every `every_seconds`, and
+always at the last epoch of a fit) it writes the weights and the optimizer's variables to new files, then
+`state.json` (the commit point, written atomically), then removes the
 previous epoch's files. A run killed at any moment resumes from the last committed epoch.
 """
 
@@ -133,9 +134,14 @@ class Checkpointer(keras.callbacks.Callback):
         state: the run state dict (saved as `state.json`); this phase's entry is `state["phase"]`.
         weights_model: the model whose weights are checkpointed: the full model, or the head
             model when a bottleneck phase trains only the head (the backbone is unchanged then).
-        monitor: `val_loss`, or `loss` when there is no validation set.
+        monitor: `val_loss`, or None when there is no validation set (then no best epoch and no
+            early stopping: every epoch runs and the last weights are kept).
         patience: epochs without improvement before stopping (None: never).
-        on_epoch: called with (epoch, logs, seconds) after the state is committed.
+        on_epoch: called with (epoch, logs, seconds) after every epoch.
+        final_epoch: the last epoch of this `fit` call (1-based); it is always committed.
+        every_seconds: commit (weights, optimizer, `state.json`) only when this many seconds have
+            passed since the last commit, at an improvement, an early stop or `final_epoch`; the
+            epochs in between are committed with the next one (a resume redoes them).
     """
 
     def __init__(self, run_dir: Path, state: dict, weights_model: keras.Model, monitor: str | None,
@@ -174,7 +180,6 @@ class Checkpointer(keras.callbacks.Callback):
         if not due:  # no commit this epoch: a resume repeats it from the last committed one
             self._pending.append(row)
             ph["wait"] = ph.get("wait", 0) + 1 if self.monitor else 0
-            ph["epochs_pending"] = epoch + 1
             if self.on_epoch:
                 self.on_epoch(epoch, logs, seconds)
             return
@@ -195,7 +200,6 @@ class Checkpointer(keras.callbacks.Callback):
         opt = write_bytes(self.ckpt_dir / f"optimizer-{tag}.npz", optimizer_bytes(self.model.optimizer, self.model))
         old_last, old_opt = ph.get("last_file"), ph.get("optimizer_file")
         ph.update(epochs_done=epoch + 1, last_file=last.name, optimizer_file=opt.name)
-        ph.pop("epochs_pending", None)
         for pending in self._pending:
             pending["epoch"] = len(self.state["history"]) + 1
             self.state["history"].append(pending)
