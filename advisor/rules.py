@@ -332,7 +332,8 @@ class _Loader:
                 raise RulesError(f"--set {name}=...: no threshold named '{name}' in {self.doc.source}"
                                  f"{_suggest(name, out)}")
             if not _is_number(value):
-                raise RulesError(f"--set {name}={_short(value)}: a threshold must be a finite number")
+                shown = str(value) if len(str(value)) <= 60 else f"{str(value)[:57]}..."
+                raise RulesError(f"--set {name}={shown}: a threshold must be a number (finite, not NaN)")
             out[name].value = value
         return out
 
