@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -223,6 +224,12 @@ def _from(tp, value, path: tuple, doc: YamlDoc):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(doc, path, f"'{dotted}' must be a number, not {value!r}")
+        try:  # NaN, inf or an integer beyond float range would reach the optimizer unnoticed
+            finite = math.isfinite(float(value))
+        except OverflowError:
+            finite = False
+        if not finite:
+            _fail(doc, path, f"'{dotted}' must be a finite number, not {str(value)[:40]}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -318,6 +325,9 @@ def validate(plan: Plan, doc: YamlDoc | None = None) -> None:
 def _upgrade_0_to_1(data: dict) -> dict:
     """Version 0 (pre-release drafts) had flat training settings; version 1 has phases."""
     training = data.get("training") or {}
+    if not isinstance(training, dict):  # the schema check names the line of the wrong value
+        data["plan_version"] = 1
+        return data
     phases = [{"name": "head", "trainable": "head", "epochs": training.pop("head_epochs", 5),
                "learning_rate": training.pop("learning_rate", 1e-3)}]
     ft_epochs = training.pop("finetune_epochs", 0)

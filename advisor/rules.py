@@ -26,13 +26,14 @@ import copy
 import difflib
 import hashlib
 import itertools
+import math
 import os
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from advisor.facts import FACTS, FactSpec
-from graft.errors import RulesError
+from graft.errors import InputError, RulesError
 from graft.yamlio import YamlDoc, load_yaml
 
 RULES_VERSION = 1
@@ -238,6 +239,23 @@ def _rule_trace_dict(t: RuleTrace) -> dict:
 # --------------------------------------------------------------------------------------------- loading
 
 
+def _is_number(value) -> bool:
+    """A finite int or float (not a bool); NaN, infinities and integers beyond float range are not:
+    the gap check and the comparisons need numbers that order and convert."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
 def _suggest(word: str, choices) -> str:
     names = [str(c) for c in choices]
     close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
@@ -299,20 +317,23 @@ class _Loader:
         out = {}
         for name, spec in raw.items():
             p = path + (name,)
+            if not isinstance(name, str):
+                self.fail(p, f"threshold name {name!r} must be a string")
             if not isinstance(spec, dict):
                 spec = {"value": spec}
             else:
                 self.keys(spec, p, ("value", "doc"), required=("value",))
             value = spec["value"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.fail(p, f"threshold '{name}' must be a number, not {value!r}")
+            if not _is_number(value):
+                self.fail(p, f"threshold '{name}' must be a finite number, not {_short(value)}")
             out[name] = Threshold(name, value, str(spec.get("doc", "")), self.doc.line(p))
         for name, value in self.overrides.items():
             if name not in out:
                 raise RulesError(f"--set {name}=...: no threshold named '{name}' in {self.doc.source}"
                                  f"{_suggest(name, out)}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RulesError(f"--set {name}={value}: a threshold must be a number")
+            if not _is_number(value):
+                shown = str(value) if len(str(value)) <= 60 else f"{str(value)[:57]}..."
+                raise RulesError(f"--set {name}={shown}: a threshold must be a number (finite, not NaN)")
             out[name].value = value
         return out
 
@@ -322,6 +343,8 @@ class _Loader:
             self.fail(path, "strategies must be a non-empty mapping of name -> definition")
         for name, spec in raw.items():
             p = path + (name,)
+            if not isinstance(name, str):
+                self.fail(p, f"strategy name {name!r} must be a string")
             self.keys(spec, p, ("doc", "cut", "freeze_bn", "head", "phases", "fallback"),
                       required=("cut", "phases"))
             if spec["cut"] not in CUTS:
@@ -336,8 +359,8 @@ class _Loader:
                     self.fail(pp + ("trainable",), f"trainable '{phase['trainable']}' is not one of "
                               f"{', '.join(TRAINABLE)}{_suggest(phase['trainable'], TRAINABLE)}")
                 for key in ("epochs", "learning_rate"):
-                    if isinstance(phase[key], bool) or not isinstance(phase[key], (int, float)) or phase[key] <= 0:
-                        self.fail(pp + (key,), f"{key} must be a positive number, not {phase[key]!r}")
+                    if not _is_number(phase[key]) or phase[key] <= 0:
+                        self.fail(pp + (key,), f"{key} must be a positive number, not {_short(phase[key])}")
                 steps = phase.get("min_steps")
                 if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
                     self.fail(pp + ("min_steps",), f"min_steps must be a positive integer, not {steps!r}")
@@ -360,6 +383,8 @@ class _Loader:
             p = path + (i,)
             self.keys(spec, p, ("name", "when", "then", "reason"), required=("name", "then", "reason"))
             name = spec["name"]
+            if not isinstance(name, str) or not name.strip():
+                self.fail(p + ("name",), f"a rule name must be a non-empty string, not {_short(name)}")
             if name in names:
                 self.fail(p + ("name",), f"rule name '{name}' is used twice; names must be unique")
             names.add(name)
@@ -413,8 +438,9 @@ class _Loader:
                     self.fail(path, f"'{raw}' is not a threshold{_suggest(raw, self.thresholds)} "
                               f"(a number or one of: {', '.join(self.thresholds)})")
                 return self.thresholds[raw].value, raw
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-                self.fail(path, f"'{spec.name}' is a number; {raw!r} cannot be compared with it")
+            if not _is_number(raw):
+                self.fail(path, f"'{spec.name}' is a number; {_short(raw)} cannot be compared with it "
+                          "(a finite number or a threshold name is needed)")
             return raw, None
         if spec.kind == "bool":
             if not isinstance(raw, bool):
@@ -428,7 +454,8 @@ class _Loader:
     def check_strategy_then(self, then, path: tuple, strategies: dict):
         self.keys(then, path, STRATEGY_THEN, required=("strategy", "case"))
         for key in ("strategy", "runner_up"):
-            if key in then and then[key] is not None and then[key] not in strategies:
+            if key in then and then[key] is not None and (not isinstance(then[key], str)
+                                                          or then[key] not in strategies):
                 self.fail(path + (key,), f"unknown strategy '{then[key]}'{_suggest(then[key], strategies)}")
         if then["case"] not in (0, 1, 2, 3, 4):
             self.fail(path + ("case",), f"case must be 1-4 (the classic cases) or 0, not {then['case']!r}")
@@ -443,8 +470,8 @@ class _Loader:
                     self.fail(p, f"{key} is one of {', '.join(kind)}, not {value!r}{_suggest(value, kind)}")
             elif kind is dict:
                 self.keys(value, p, AUGMENTATION_KEYS)
-            elif kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                self.fail(p, f"{key} must be a number, not {value!r}")
+            elif kind is float and not _is_number(value):
+                self.fail(p, f"{key} must be a finite number, not {_short(value)}")
             elif kind in (int, bool) and type(value) is not kind:
                 self.fail(p, f"{key} must be {kind.__name__}, not {value!r}")
 
@@ -452,9 +479,14 @@ class _Loader:
         if not isinstance(reason, str) or not reason.strip():
             self.fail(path, "reason must be a sentence saying why the rule decides what it does")
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(reason) if f is not None]
+            parsed = [(f, conv) for _, f, _, conv in string.Formatter().parse(reason) if f is not None]
         except ValueError as exc:
             self.fail(path, f"reason has a broken {{placeholder}}: {exc}")
+        fields = [f for f, _ in parsed]
+        for f, conv in parsed:
+            if conv not in (None, "r", "s", "a"):  # format_reason would fail on it at advise time
+                self.fail(path, f"reason placeholder '{{{f}!{conv}}}' has an unknown conversion '!{conv}'; "
+                          "use !r, !s or !a, or none")
         names = list(FACTS) + list(self.thresholds)
         for f in fields:
             if f not in names:
@@ -499,17 +531,16 @@ def load_rules(path: str | os.PathLike | None = None, overrides: dict[str, objec
 
 def parse_overrides(items: list[str] | None) -> dict[str, object]:
     """`["small_dataset=5000", ...]` -> `{"small_dataset": 5000}`; values parsed as YAML scalars."""
-    import yaml
-
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise RulesError(f"--set {item!r}: expected name=value, e.g. --set small_dataset=5000")
-        try:
-            out[name.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise RulesError(f"--set {item!r}: the value is not a number") from None
+            raise RulesError(f"--set {_short(item)}: expected name=value, e.g. --set small_dataset=5000")
+        try:  # the bounded loader: a junk value is an error, never a crash or a billion laughs
+            out[name.strip()] = load_yaml(value, "--set").data
+        except InputError as exc:
+            detail = str(exc).split(": ", 1)[-1]
+            raise RulesError(f"--set {_short(item)}: the value is not a number ({detail})") from None
     return out
 
 
@@ -673,10 +704,22 @@ def evaluate(table: RuleTable, facts: dict) -> Decision:
                     [t.name for t in matched[1:]], near, modifiers, fired, strace + mtrace, table.hit_policy)
 
 
+def _string_keys(data):
+    """`data` with every non-string key written as JSON writes it (`1` -> `"1"`), so that keys of
+    mixed types still sort; data with string keys only is returned as it is."""
+    import json
+
+    if isinstance(data, dict):
+        return {(k if isinstance(k, str) else json.dumps(k, default=str)): _string_keys(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_string_keys(v) for v in data]
+    return data
+
+
 def _canonical(data) -> str:
     import json
 
-    return json.dumps(data, sort_keys=True, default=str)
+    return json.dumps(_string_keys(data), sort_keys=True, default=str)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -11,6 +12,8 @@ import keras
 from graft.errors import ModelLoadError
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+KERAS_ARCHIVE_MEMBERS = ("config.json", "model.weights.h5")
 
 
 def is_model_file(source: str | os.PathLike) -> bool:
@@ -27,6 +30,40 @@ def application_names() -> dict[str, str]:
         for attr in dir(keras.applications)
         if attr[:1].isupper() and callable(getattr(keras.applications, attr))
     }
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a truncated or corrupt model file before Keras reads it, with a message that says so.
+
+    Keras reports such files in its own terms ("File format not supported", h5py's "truncated file:
+    eof = ..."); graft says what the file is not and how many bytes it has.
+
+    Raises:
+        ModelLoadError: `Cannot load model file FILE: not a valid .keras archive: ...` (or `not a
+            valid HDF5 model file: ...`).
+    """
+    size = path.stat().st_size
+    where = f"Cannot load model file {path}"
+    again = "save the model again (model.save) or copy the file again"
+    if path.suffix.lower() == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise ModelLoadError(f"{where}: not a valid .keras archive: not a complete zip file ({size:,} bytes; "
+                                 f"truncated or corrupt); {again}.")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ModelLoadError(f"{where}: not a valid .keras archive: {exc}; {again}.") from None
+        missing = [m for m in KERAS_ARCHIVE_MEMBERS if m not in names]
+        if missing:
+            raise ModelLoadError(f"{where}: not a valid .keras archive: {', '.join(missing)} missing from the zip; "
+                                 f"{again}.")
+    elif path.suffix.lower() in (".h5", ".hdf5"):
+        with path.open("rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+        if head != HDF5_SIGNATURE:
+            raise ModelLoadError(f"{where}: not a valid HDF5 model file: it does not start with the HDF5 signature "
+                                 f"({size:,} bytes); {again}.")
 
 
 def _application(name: str):
@@ -62,10 +99,15 @@ def load_model(source: str | os.PathLike, weights: str | None = "imagenet",
             raise ModelLoadError(f"Model file {text} does not exist. Check the path, or pass a keras.applications name such as resnet50.")
         if path.is_dir():
             raise ModelLoadError(f"{text} is a folder, not a model file; pass a .keras or .h5 file.")
+        check_model_file(path)
         try:
             return keras.models.load_model(path, safe_mode=safe_mode, compile=False)
         except Exception as exc:  # noqa: BLE001 - any failure to load becomes one clear message
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # a bad CRC in the zip, or h5py's OSError on a damaged HDF5 file (inside a .keras or not)
+            if isinstance(exc, (zipfile.BadZipFile, OSError)) and not isinstance(exc, PermissionError):
+                kind = "a valid .keras archive" if path.suffix.lower() == ".keras" else "a valid HDF5 model file"
+                reason = f"not {kind}: {reason} (the file is corrupt; save or copy it again)"
             hint = " It uses code that safe mode refuses to run; pass --unsafe only if you trust the file." if "safe_mode" in str(exc) else ""
             raise ModelLoadError(f"Cannot load model file {text}: {reason[:300]}.{hint}") from None
     fn, close = _application(text)
