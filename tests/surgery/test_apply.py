@@ -355,6 +355,8 @@ def test_head_phase_is_a_convex_fit_on_features_even_with_augmentation(tmp_path,
     assert est["method"] == "test split" and est["images"] == result.splits["test"]
     assert est["interval95"][0] <= est["accuracy"] <= est["interval95"][1]
     assert result.metrics["model_input"]["size"] == [32, 32]
+    report = (result.run_dir / "report.html").read_text()
+    assert f"expected accuracy on new images {est['accuracy']:.3f}" in report and "from the test split" in report
 
 
 def test_convex_solver_refuses_a_head_with_hidden_layers(tmp_path):
