@@ -308,6 +308,19 @@ def test_full_disk_before_the_first_commit_leaves_a_directory_a_new_run_can_use(
     assert result.model_path.exists() and len(result.history) == 1
 
 
+def test_resume_of_a_finished_run_clears_what_a_kill_after_the_last_commit_left(tmp_path):
+    plan = make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=1)])
+    run(plan)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir()  # killed after state.json said finished, before the clean-up
+    (run_dir / "checkpoints" / "phase-00.weights.h5").write_bytes(b"")
+    (run_dir / ".metrics.json.abcd1234.tmp").write_text('{"accura')  # and a write cut short earlier
+    done = run(plan, resume=True)
+    assert done.resumed and done.metrics["accuracy"] > 0.2
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / ".metrics.json.abcd1234.tmp").exists()
+    assert_every_file_parses(run_dir)
+
+
 # ------------------------------------------------------------------------------------------ read-only data
 
 
