@@ -2,7 +2,9 @@
 
     GraftError                  anything graft raises on purpose; CLI exit code 1
     ├── SurgeryError            an edit that cannot be done on this graph (e.g. a multi-tensor point)
+    ├── WriteError              a file that could not be written (disk full, ...); also an OSError
     └── InputError              bad input from the user; CLI exit code 2
+        ├── BusyError           a run directory another graft process is using
         ├── ModelLoadError      a model file or name that will not load
         ├── LayerNotFoundError  a layer name that is not in the model (carries close matches)
         ├── InvalidCutError     a cut at a point that is not a valid cut point (names the nearest ones)
@@ -24,6 +26,25 @@ class GraftError(Exception):
 
 class SurgeryError(GraftError):
     """An edit that is well-formed but cannot be done on this graph."""
+
+
+class WriteError(GraftError, OSError):
+    """A file that could not be written: the disk is full, a quota is reached, the folder is read-only.
+
+    Also an `OSError`, so code that caught the operating system's error still catches it.
+
+    Attributes:
+        path: the file that was being written.
+        no_space: whether the cause is a full disk or quota (ENOSPC, EDQUOT).
+    """
+
+    def __init__(self, message: str, path: str = "", no_space: bool = False):
+        super().__init__(message)
+        self.path = path
+        self.no_space = no_space
+
+    def __str__(self) -> str:  # OSError would otherwise format errno and filename
+        return str(self.args[0])
 
 
 class InputError(GraftError):
@@ -65,6 +86,10 @@ class InvalidCutError(InputError):
         super().__init__(message)
         self.before = before
         self.after = after
+
+
+class BusyError(InputError):
+    """A run directory that another graft process holds (its lock file is locked)."""
 
 
 class DatasetError(InputError):

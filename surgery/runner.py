@@ -28,8 +28,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.atomic import atomic_path, write_bytes, write_json
-from graft.errors import DatasetError, InputError, PlanError
+from graft.atomic import (
+    NO_SPACE,
+    as_write_error,
+    atomic_path,
+    is_temporary,
+    remove_temporaries,
+    write_bytes,
+    write_json,
+)
+from graft.errors import DatasetError, InputError, PlanError, WriteError
+from graft.lock import LOCK_NAME, hold_lock
 
 # Streamed data sets skip undecodable files, so their length is unknown until an epoch ends; Keras
 # then warns that the input "ran out of data" at the end of every epoch. That is expected here.
@@ -362,18 +371,9 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         if run_dir.exists() and not run_dir.is_dir():
             raise InputError(f"run directory {run_dir} is a file; choose a folder with --out DIR (nothing was "
                              "overwritten)")
-    state = read_state(run_dir) if run_dir.exists() else None
-    if not dry_run:
-        if state is None and run_dir.exists() and any(run_dir.iterdir()):
-            raise InputError(f"run directory {run_dir} is not empty and holds no graft run; choose another "
-                             "with --out DIR (nothing was overwritten)")
-        if state is not None and not resume:
-            raise InputError(f"run directory {run_dir} already holds a run; continue it with --resume or choose "
-                             "another with --out DIR (nothing was overwritten)")
-        if state is not None and state.get("plan_sha") != plan_sha:
-            raise PlanError(f"the run in {run_dir} was started from a different plan (training, data, model or "
-                            "surgery changed); apply the original plan with --resume, or start a new run with "
-                            "--out DIR")
+        state = _existing_run(run_dir, plan_sha, resume)
+    else:
+        state = read_state(run_dir) if run_dir.is_dir() else None
     resumed = state is not None
 
     strategy = _strategy_scope(plan.training.distribution) if not dry_run else None
@@ -410,92 +410,162 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
                 bottleneck=_use_bottleneck(plan, ph, index)))
         return result
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if state is None:
-        state = {"graft_run": 1, "plan_sha": plan_sha, "phases_done": 0, "history": [], "phases": [],
-                 "weights_file": None, "fallback": None, "finished": False, "phase": None}
-        resolved = copy.deepcopy(plan)
-        resolved.outputs.dir = str(run_dir)
-        resolved.data.path = str(Path(plan.data.path).resolve())
-        save_plan(resolved, run_dir / "plan.yaml")
-        write_json(run_dir / "state.json", state)
-    if state.get("finished"):
-        reporter.message(f"{run_dir} already finished; nothing to resume")
-        return _finished_result(run_dir, result, state)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise as_write_error(run_dir, exc) from exc
+    # One apply at a time per run directory, held to the end; the kernel drops it if we are killed.
+    with hold_lock(run_dir, "`graft apply`"), _explain_write_errors(run_dir, len(plan.training.phases)):
+        # Checked again under the lock: another apply may have started or finished since.
+        state = _existing_run(run_dir, plan_sha, resume)
+        result.resumed = resumed = state is not None
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / "features"):
+            remove_temporaries(folder)  # a process killed mid-write leaves its temporary file
+        if state is None:
+            state = {"graft_run": 1, "plan_sha": plan_sha, "phases_done": 0, "history": [], "phases": [],
+                     "weights_file": None, "fallback": None, "finished": False, "phase": None}
+            resolved = copy.deepcopy(plan)
+            resolved.outputs.dir = str(run_dir)
+            resolved.data.path = str(Path(plan.data.path).resolve())
+            try:
+                save_plan(resolved, run_dir / "plan.yaml")
+                write_json(run_dir / "state.json", state)
+            except OSError:  # no state.json: leave nothing that looks like a run
+                (run_dir / "plan.yaml").unlink(missing_ok=True)
+                raise
+        if state.get("finished"):
+            reporter.message(f"{run_dir} already finished; nothing to resume")
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a kill after the last commit
+            shutil.rmtree(run_dir / "features", ignore_errors=True)
+            return _finished_result(run_dir, result, state)
 
-    ckpt_dir = run_dir / "checkpoints"
-    # The fallback trial: does pretrained initialization beat random on this data?
-    if plan.training.fallback is not None and state.get("fallback") is None:
-        with scope():
-            state["fallback"] = _scratch_trial(plan, data, reporter, jit, safe_mode)
-        write_json(run_dir / "state.json", state)
-    if state.get("fallback") and state["fallback"]["chosen"] == "random":
-        with scope():
-            prepared = scratch(prepared, seed=plan.data.seed)
-    elif plan.training.phases[0].weights == "random":
-        with scope():
-            prepared = scratch(prepared, seed=plan.data.seed)
-        notes.append("the first phase asks for random weights: the backbone starts from scratch")
-    if state.get("weights_file"):
-        prepared.model.load_weights(ckpt_dir / state["weights_file"])
+        ckpt_dir = run_dir / "checkpoints"
+        # The fallback trial: does pretrained initialization beat random on this data?
+        if plan.training.fallback is not None and state.get("fallback") is None:
+            with scope():
+                state["fallback"] = _scratch_trial(plan, data, reporter, jit, safe_mode)
+            write_json(run_dir / "state.json", state)
+        if state.get("fallback") and state["fallback"]["chosen"] == "random":
+            with scope():
+                prepared = scratch(prepared, seed=plan.data.seed)
+        elif plan.training.phases[0].weights == "random":
+            with scope():
+                prepared = scratch(prepared, seed=plan.data.seed)
+            notes.append("the first phase asks for random weights: the backbone starts from scratch")
+        if state.get("weights_file"):
+            prepared.model.load_weights(ckpt_dir / state["weights_file"])
 
-    total_done = len(state["history"])
-    for i, ph in enumerate(plan.training.phases):
-        if i < state["phases_done"]:
-            continue
-        with scope():
-            report = _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
-                                  stop_after_epochs, total_done)
-        if report is None:  # stopped on request (stop_after_epochs)
-            result.history = state["history"]
-            result.notes = notes
-            return result
         total_done = len(state["history"])
-    timings.update(state.get("timings", {}))
+        for i, ph in enumerate(plan.training.phases):
+            if i < state["phases_done"]:
+                continue
+            with scope():
+                report = _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
+                                      stop_after_epochs, total_done)
+            if report is None:  # stopped on request (stop_after_epochs)
+                result.history = state["history"]
+                result.notes = notes
+                return result
+            total_done = len(state["history"])
+        timings.update(state.get("timings", {}))
 
-    # Evaluate on the test split (else validation), write everything.
-    t1 = time.perf_counter()
-    eval_name, (files, labels) = ("test", data.test) if data.test[0] else ("val", data.val)
-    if not files:
-        eval_name, (files, labels) = "train", data.train
-        notes.append("no validation or test images: metrics are on the training set")
-    metrics = _evaluate(prepared.model, files, labels, data, distributed=strategy is not None)
-    metrics["split"] = eval_name
-    metrics["estimate"] = _estimate(metrics, eval_name, state, plan)
-    d = plan.data
-    metrics["model_input"] = {
-        "size": list(d.input_size), "channels": d.channels, "channel_mode": d.channel_mode,
-        "pixels": "raw values 0..255; the preprocessing is inside the model",
-        "resize": f"resize images to {d.input_size[0]}x{d.input_size[1]} (bilinear) before calling the model: "
-                  "the accuracy above was measured at that size"}
-    timings["evaluate"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    model_path = _save_model(prepared.model, run_dir / "model.keras")
-    from surgery.report import write_run_outputs
+        # Evaluate on the test split (else validation), write everything.
+        t1 = time.perf_counter()
+        eval_name, (files, labels) = ("test", data.test) if data.test[0] else ("val", data.val)
+        if not files:
+            eval_name, (files, labels) = "train", data.train
+            notes.append("no validation or test images: metrics are on the training set")
+        metrics = _evaluate(prepared.model, files, labels, data, distributed=strategy is not None)
+        metrics["split"] = eval_name
+        metrics["estimate"] = _estimate(metrics, eval_name, state, plan)
+        d = plan.data
+        metrics["model_input"] = {
+            "size": list(d.input_size), "channels": d.channels, "channel_mode": d.channel_mode,
+            "pixels": "raw values 0..255; the preprocessing is inside the model",
+            "resize": f"resize images to {d.input_size[0]}x{d.input_size[1]} (bilinear) before calling the model: "
+                      "the accuracy above was measured at that size"}
+        timings["evaluate"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        model_path = _save_model(prepared.model, run_dir / "model.keras")
+        from surgery.report import write_run_outputs
 
-    phases = [dict(p) for p in state["phases"]]
-    history = _history_columns(state["history"])
-    write_run_outputs(run_dir, history=history, phases=phases, metrics=metrics,
-                      plan=plan.to_dict(),
-                      model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
-                      extra={"preprocessing": prepared.preprocessing, "splits": splits,
-                             "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
-                             "distribution": plan.training.distribution, "resumed": resumed,
-                             "notes": notes})
-    timings["write"] = time.perf_counter() - t2
-    state["finished"] = True
-    state["timings"] = timings
-    write_json(run_dir / "state.json", state)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    shutil.rmtree(run_dir / "features", ignore_errors=True)
-    result.model_path = model_path
-    result.metrics = metrics
-    result.history = state["history"]
-    result.phases = [PhaseReport(**p) for p in state["phases"]]
-    result.timings = timings
-    result.fallback = state.get("fallback")
-    result.notes = notes
-    return result
+        phases = [dict(p) for p in state["phases"]]
+        history = _history_columns(state["history"])
+        write_run_outputs(run_dir, history=history, phases=phases, metrics=metrics,
+                          plan=plan.to_dict(),
+                          model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
+                          extra={"preprocessing": prepared.preprocessing, "splits": splits,
+                                 "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
+                                 "distribution": plan.training.distribution, "resumed": resumed,
+                                 "notes": notes})
+        timings["write"] = time.perf_counter() - t2
+        state["finished"] = True
+        state["timings"] = timings
+        write_json(run_dir / "state.json", state)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(run_dir / "features", ignore_errors=True)
+        result.model_path = model_path
+        result.metrics = metrics
+        result.history = state["history"]
+        result.phases = [PhaseReport(**p) for p in state["phases"]]
+        result.timings = timings
+        result.fallback = state.get("fallback")
+        result.notes = notes
+        return result
+
+
+def _existing_run(run_dir: Path, plan_sha: str, resume: bool) -> dict | None:
+    """The state of the run in `run_dir` (None when there is none), after checking that this call
+    may use the folder: it holds no foreign files, and a run there is continued only with `resume`
+    and the same plan."""
+    from surgery.train import read_state
+
+    if not run_dir.is_dir():
+        return None
+    state = read_state(run_dir)
+    if state is None and any(p.name != LOCK_NAME and not is_temporary(p.name) for p in run_dir.iterdir()):
+        raise InputError(f"run directory {run_dir} is not empty and holds no graft run; choose another "
+                         "with --out DIR (nothing was overwritten)")
+    if state is not None and not resume:
+        raise InputError(f"run directory {run_dir} already holds a run; continue it with --resume or choose "
+                         "another with --out DIR (nothing was overwritten)")
+    if state is not None and state.get("plan_sha") != plan_sha:
+        raise PlanError(f"the run in {run_dir} was started from a different plan (training, data, model or "
+                        "surgery changed); apply the original plan with --resume, or start a new run with "
+                        "--out DIR")
+    return state
+
+
+@contextlib.contextmanager
+def _explain_write_errors(run_dir: Path, phases: int):
+    """Turn a failed write (a full disk, ...) into a `WriteError` that also says what the run
+    directory still holds and how to continue."""
+    try:
+        yield
+    except OSError as exc:
+        if not isinstance(exc, WriteError) and exc.errno not in NO_SPACE:
+            raise  # not a write: a checkpoint that will not read, a file that vanished
+        err = as_write_error(Path(exc.filename or run_dir), exc)
+        raise WriteError(f"apply stopped: {err}. {_committed(run_dir, phases)}; "
+                         f"{'free space on the disk' if err.no_space else 'fix that'}, then continue with "
+                         "--resume", path=err.path, no_space=err.no_space) from exc
+
+
+def _committed(run_dir: Path, phases: int) -> str:
+    """What the last commit of `state.json` in `run_dir` holds, in words."""
+    from surgery.train import read_state
+
+    try:
+        state = read_state(run_dir)
+    except (OSError, ValueError):
+        state = None
+    if state is None:
+        return "Nothing was trained yet"
+    epochs = len(state.get("history", []))
+    if state.get("phases_done", 0) >= phases:
+        return (f"Training is complete and committed ({epochs} epoch(s)); a resume redoes only the evaluation "
+                "and the output files")
+    return f"The last committed checkpoint (epoch {epochs}, in state.json) is kept"
 
 
 def _numbered(base: Path):

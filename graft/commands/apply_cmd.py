@@ -8,6 +8,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from graft.errors import WriteError
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -106,6 +108,11 @@ def run(args) -> int:
         print(f"graft: interrupted; every completed epoch is saved: continue with "
               f"`python cli.py apply {args.plan}{out} --resume`", file=sys.stderr)
         return 130
+    except WriteError as exc:  # a full disk: say which command continues the run
+        reporter.close()
+        out = f" --out {args.out}" if args.out else ""
+        print(f"graft: error: {exc} (`python cli.py apply {args.plan}{out} --resume`)", file=sys.stderr)
+        return exc.exit_code
     finally:
         reporter.close()
     if args.json:
