@@ -201,7 +201,7 @@ def _scandir_sorted_dirs(path: str, what: str) -> tuple[list[os.DirEntry], list[
     return dirs, files
 
 
-def _dir_key(path: str) -> tuple[int, int] | None:
+def _inode_key(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -223,6 +223,8 @@ class _Walker:
         self.unreadable_dirs: list[str] = []
         self.zero_byte: list[str] = []
         self.broken: list[str] = []
+        #: (index into `files`, (device, inode) of the target) of every image reached by a file link
+        self.linked_files: list[tuple[int, tuple[int, int]]] = []
 
     def walk(self, top: str, files: list[str], sizes: list[int]) -> int:
         """Append every image under `top` (recursively) to `files`/`sizes`; return how many."""
@@ -254,7 +256,7 @@ class _Walker:
                         if is_link and not self.follow:
                             continue
                         if e.is_dir():
-                            key = _dir_key(e.path)
+                            key = _inode_key(e.path)
                             if key is None or key in self.visited:
                                 self.loops += key is not None
                                 continue
@@ -274,9 +276,64 @@ class _Walker:
                     if st.st_size == 0:
                         self.zero_byte.append(e.path)
                         continue
+                    if is_link:
+                        self.linked_files.append((len(files), (st.st_dev, st.st_ino)))
                     append_file(e.path)
                     append_size(st.st_size)
         return len(files) - n0
+
+
+def _distinct_class_dirs(
+    class_dirs: list[tuple[str, str, str]], layout: set[tuple[int, int]]
+) -> tuple[list[tuple[str, str, str]], int]:
+    """Class folders that are distinct real folders, and how many were dropped as duplicates.
+
+    A class folder that is a link to another class folder, to the data set folder or to a split
+    folder would count the same images twice; the real folder (or the first link, by name) wins.
+    Every kept folder is added to `layout`, the walk's set of visited folders.
+    """
+    order = sorted(
+        range(len(class_dirs)),
+        key=lambda i: (os.path.islink(class_dirs[i][2]), class_dirs[i][1]),  # real folders first
+    )
+    kept: set[int] = set()
+    dropped = 0
+    for i in order:
+        key = _inode_key(class_dirs[i][2])
+        if key is not None and key in layout:
+            dropped += 1
+            continue
+        if key is not None:
+            layout.add(key)
+        kept.add(i)
+    return [c for i, c in enumerate(class_dirs) if i in kept], dropped
+
+
+def _duplicate_links(
+    files: list[str], sizes: list[int], linked: list[tuple[int, tuple[int, int]]]
+) -> set[int]:
+    """Indices of the file links that lead to an image already listed (by device and inode).
+
+    A link to a file that is also listed in its own right is the duplicate; among links to one
+    file outside the listing, the first by path counts. Only files of a linked target's size are
+    stat-ed again, so a data set without file links costs nothing here.
+    """
+    if not linked:
+        return set()
+    link_index = {i for i, _ in linked}
+    target_sizes = {sizes[i] for i, _ in linked}
+    listed = set()
+    for i, (f, size) in enumerate(zip(files, sizes)):
+        if size in target_sizes and i not in link_index:
+            key = _inode_key(f)
+            if key is not None:
+                listed.add(key)
+    duplicates = set()
+    for i, key in sorted(linked, key=lambda ik: files[ik[0]]):
+        if key in listed:
+            duplicates.add(i)
+        listed.add(key)
+    return duplicates
 
 
 def _listing(
@@ -330,13 +387,10 @@ def _listing(
     walker = _Walker(follow_symlinks, progress)
     # Every real folder of the layout is visited up front, so a link into another class is skipped
     # (each file counts once, for its own class) and a link back up cannot loop.
-    for key in (
-        [_dir_key(path)]
-        + [_dir_key(s.path) for s in splits]
-        + [_dir_key(p) for _, _, p in class_dirs]
-    ):
+    for key in [_inode_key(path)] + [_inode_key(s.path) for s in splits]:
         if key is not None:
             walker.visited.add(key)
+    class_dirs, walker.loops = _distinct_class_dirs(class_dirs, walker.visited)
 
     files: list[str] = []
     sizes: list[int] = []
@@ -347,7 +401,13 @@ def _listing(
         n = walker.walk(cpath, files, sizes)
         names.extend([cname] * n)
         split_of.extend([split] * n)
-        per_split_class[(split, cname)] = per_split_class.get((split, cname), 0) + n
+    duplicates = _duplicate_links(files, sizes, walker.linked_files)
+    if duplicates:
+        keep = [i for i in range(len(files)) if i not in duplicates]
+        files, sizes = [files[i] for i in keep], [sizes[i] for i in keep]
+        names, split_of = [names[i] for i in keep], [split_of[i] for i in keep]
+    for split, cname in zip(split_of, names):
+        per_split_class[(split, cname)] = per_split_class.get((split, cname), 0) + 1
     if progress is not None:
         progress(walker.seen)
 
@@ -400,6 +460,11 @@ def _listing(
         notes.append(
             f"{walker.loops} linked folder(s) were skipped because they lead to a folder already "
             "listed (a link loop or a link into another class)."
+        )
+    if duplicates:
+        notes.append(
+            f"{len(duplicates)} linked image file(s) were skipped because they lead to an image "
+            "already listed (each image counts once, where the file itself lies)."
         )
     if splits:
         present = sorted({s for s, _, _ in class_dirs})

@@ -453,9 +453,10 @@ def test_symlink_loops_do_not_hang_or_double_count(tmp_path):
 
 def test_links_to_outside_folders_and_files_are_followed(tmp_path):
     outside = make_classes(tmp_path / "elsewhere", {"birds": 3})
+    write_image(outside / "loose.jpg")
     root = make_classes(tmp_path / "d", {"cat": 2})
     (root / "bird").symlink_to(outside / "birds", target_is_directory=True)  # linked class folder
-    (root / "cat" / "linked.jpg").symlink_to(outside / "birds" / "img_0.jpg")  # linked file
+    (root / "cat" / "linked.jpg").symlink_to(outside / "loose.jpg")  # linked file
     facts = scan(root)
     assert facts.per_class == {"bird": 3, "cat": 3}
     # follow_symlinks=False skips links inside class folders
