@@ -592,11 +592,13 @@ def _read_sample(paths: list[str]) -> tuple[list[tuple[str, int, int]], list[tup
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is corrupt here, whatever else set
     try:
         with py_warnings.catch_warnings():
-            py_warnings.simplefilter("ignore")  # EXIF noise, decompression-bomb warnings ...
+            py_warnings.simplefilter("ignore")  # EXIF noise ...
+            # ... but an image over PIL's pixel bound is too large, as the training pipeline finds it
+            py_warnings.simplefilter("error", Image.DecompressionBombWarning)
             for p in paths:
                 try:
                     good.append(_probe(p))
-                except Image.DecompressionBombError as exc:
+                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                     bad.append((p, f"too large to decode safely ({exc})"))
                 except Exception as exc:  # noqa: BLE001 - any decoder failure means corrupt
                     bad.append((p, f"{type(exc).__name__}: {exc}"))

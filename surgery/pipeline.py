@@ -12,7 +12,8 @@ from disk, decoded with `tf.io.decode_image`, converted to the channel count the
 channel dropped), resized to the model's input size (bilinear) and given as float32 in 0..255. There
 is no scaling: the model carries its own preprocessing.
 
-Files that cannot be read or decoded (corrupt, truncated, missing, not an image) do not stop
+Files that cannot be read or decoded (corrupt, truncated, missing, not an image, or declaring more
+than `MAX_IMAGE_PIXELS` in their header, checked before the decoder allocates) do not stop
 training: `make_dataset` skips them (`tf.data.Dataset.ignore_errors`), so an epoch may hold fewer
 images than files. Use `find_unreadable` to list them beforehand. `image_batches`, whose batches
 must line up with the files given, raises a `DatasetError` naming the file instead.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "AUGMENT_KEYS",
     "FLIP_MODES",
+    "MAX_IMAGE_PIXELS",
     "DataSpec",
     "Splits",
     "find_unreadable",
@@ -51,6 +53,9 @@ FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical", None)
 #: The values a per-file split entry may take ("" means "no opinion": the file may go anywhere).
 SPLIT_NAMES = ("train", "val", "test", "")
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "none": "", "trainval": "train"}
+#: Images whose header declares more pixels than this are not decoded (PIL's decompression-bomb
+#: bound, `PIL.Image.MAX_IMAGE_PIXELS`): one would take over 1 GB as float32 RGB.
+MAX_IMAGE_PIXELS = 89_478_485
 #: ITU-R 601 luma weights, the ones `tf.image.rgb_to_grayscale` and PIL's "L" mode use.
 _LUMA = (0.2989, 0.5870, 0.1140)
 
@@ -302,6 +307,51 @@ def _check_pairs(files: Sequence[str], labels: Sequence[int], num_classes: int) 
         )
 
 
+def _declared_pixels(raw):
+    """Width x height that an image file's header declares (graph ops; 0 for an unknown format).
+
+    Read from the first bytes, so a file that claims a huge size is refused before the decoder
+    allocates for it: PNG (IHDR), GIF (logical screen), BMP, WebP (VP8, VP8L, VP8X); JPEG through
+    `tf.image.extract_jpeg_shape`.
+    """
+    tf = _tf()
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(raw, 0, 32), "\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def le(at: int, n: int):
+        return sum(b[at + k] * (256**k) for k in range(n))
+
+    def be(at: int, n: int):
+        return sum(b[at + k] * (256 ** (n - 1 - k)) for k in range(n))
+
+    def starts(text: bytes, at: int = 0):
+        return tf.reduce_all(tf.equal(b[at : at + len(text)], list(text)))
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(raw)
+        return tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+
+    def signed32(v):
+        return tf.abs(tf.where(v >= 2**31, v - 2**32, v))
+
+    vp8l_w = 1 + b[21] + (b[22] % 64) * 256
+    vp8l_h = 1 + b[22] // 64 + b[23] * 4 + (b[24] % 16) * 1024
+    zero = tf.constant(0, tf.int64)
+    return tf.case(
+        [
+            (starts(b"\x89PNG"), lambda: be(16, 4) * be(20, 4)),
+            (starts(b"GIF8"), lambda: le(6, 2) * le(8, 2)),
+            (starts(b"BM"), lambda: signed32(le(18, 4)) * signed32(le(22, 4))),
+            (starts(b"\xff\xd8"), jpeg),
+            (starts(b"WEBPVP8X", 8), lambda: (1 + le(24, 3)) * (1 + le(27, 3))),
+            (starts(b"WEBPVP8 ", 8), lambda: (le(26, 2) % 16384) * (le(28, 2) % 16384)),
+            (starts(b"WEBPVP8L", 8), lambda: vp8l_w * vp8l_h),
+        ],
+        default=lambda: zero,
+        exclusive=False,
+    )
+
+
 def _decode_fn(spec: DataSpec):
     """The per-file graph function: path -> float32 image of spec.input_size x spec.channels."""
     tf = _tf()
@@ -311,6 +361,13 @@ def _decode_fn(spec: DataSpec):
 
     def decode(path):
         raw = tf.io.read_file(path)
+        too_large = tf.debugging.assert_less_equal(
+            _declared_pixels(raw),
+            tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+            message="the image declares more pixels than MAX_IMAGE_PIXELS",
+        )
+        with tf.control_dependencies([too_large]):  # refused before the decoder allocates
+            raw = tf.identity(raw)
         image = tf.io.decode_image(raw, channels=0, expand_animations=False)
         image = tf.cast(image, tf.float32)
         have = tf.shape(image)[-1]
@@ -504,7 +561,7 @@ def image_batches(
 def _raise_unreadable(path: str) -> None:
     raise DatasetError(
         f"cannot read or decode the image {path}; remove or replace it (a corrupt, truncated or "
-        "non-image file)."
+        f"non-image file, or one of more than {MAX_IMAGE_PIXELS:,} pixels)."
     )
 
 
