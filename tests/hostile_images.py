@@ -61,13 +61,13 @@ def one_pixel(path: Path) -> Path:
 
 
 def cmyk_jpeg(path: Path) -> Path:
-    Image.fromarray(_pixels(12, 16, 4), "CMYK").save(path, format="JPEG")
+    Image.frombytes("CMYK", (16, 12), _pixels(12, 16, 4).tobytes()).save(path, format="JPEG")
     return path
 
 
 def png16(path: Path) -> Path:
     arr = (np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300).astype(np.uint16)
-    Image.fromarray(arr, "I;16").save(path, format="PNG")
+    Image.fromarray(arr).save(path, format="PNG")  # uint16: mode I;16
     return path
 
 
