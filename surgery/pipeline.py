@@ -22,6 +22,7 @@ must line up with the files given, raises a `DatasetError` naming the file inste
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -293,6 +294,13 @@ def _tf():
     return tf
 
 
+def _path_tensor(files: Sequence[str]):
+    """The paths as a string tensor of their bytes: a name that is not UTF-8 (listed by
+    `os.scandir` with surrogate escapes) goes back to the file system as the bytes it came as."""
+    tf = _tf()
+    return tf.constant([os.fsencode(f) for f in files], dtype=tf.string)
+
+
 def _check_pairs(files: Sequence[str], labels: Sequence[int], num_classes: int) -> None:
     if len(files) != len(labels):
         raise InputError(f"{len(files)} files but {len(labels)} labels; they must pair up.")
@@ -465,7 +473,7 @@ def make_dataset(
     autotune = tf.data.AUTOTUNE
     decode = _decode_fn(spec)
     ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant([str(f) for f in files], dtype=tf.string), tf.constant(labels, dtype=tf.int32))
+        (_path_tensor(files), tf.constant(labels, dtype=tf.int32))
     )
 
     def shuffle(d):
@@ -514,7 +522,7 @@ def indexed_image_batches(
     ds = tf.data.Dataset.from_tensor_slices(
         (
             tf.range(len(files), dtype=tf.int64),
-            tf.constant([str(f) for f in files], dtype=tf.string),
+            _path_tensor(files),
         )
     )
     ds = ds.map(lambda i, f: (i, decode(f)), num_parallel_calls=tf.data.AUTOTUNE)
