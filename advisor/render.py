@@ -22,7 +22,10 @@ def _v(value) -> str:
 
 def dataset_table(ds, limit: int = 20) -> Table:
     """Classes with their image counts (the largest `limit`), splits and warnings in the caption."""
-    t = Table(title=f"Data set {ds.root}", title_justify="left")
+    title = f"Data set {ds.root}"
+    # as wide as the title (when the console allows), so the path is not wrapped into the columns'
+    # width, a few letters a line
+    t = Table(title=title, title_justify="left", min_width=len(title))
     t.add_column("class")
     t.add_column("images", justify="right")
     items = sorted(ds.per_class.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
+from graft.console import make_console
 from graft.errors import InputError
 
 
@@ -62,7 +61,7 @@ def run(args) -> int:
     _check_out(out, args)
     if args.similarity is not None and not 0 <= args.similarity <= 1:
         raise InputError(f"--similarity {args.similarity}: must be between 0 and 1")
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     overrides = parse_overrides(args.overrides)
     status = err.status("Scanning the data set…") if not args.json and err.is_terminal else None
 
@@ -93,7 +92,7 @@ def run(args) -> int:
         data["plan_file"] = str(out)
         print(json.dumps(data, indent=1, default=str))
         return 0
-    console = Console()
+    console = make_console()
     console.print(dataset_table(advice.dataset))
     console.print(facts_table(advice.facts))
     if advice.embedding is not None:

@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from graft.console import make_console
 from graft.errors import WriteError
 
 
@@ -34,7 +35,7 @@ class _ConsoleReporter:
     """Per-epoch lines on stderr, and on a terminal a live bar for the batches of the current epoch."""
 
     def __init__(self, quiet: bool, console: Console | None = None):
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or make_console(stderr=True, highlight=False)
         self.quiet = quiet
         self.progress = None
         self.task = None
@@ -123,7 +124,7 @@ def run(args) -> int:
                "notes": result.notes}
         print(json.dumps(out, indent=1, default=str))
         return 0
-    console = Console()
+    console = make_console()
     if result.dry_run:
         console.rule("Resolved plan")
         console.print(dump_plan(plan), markup=False, highlight=False)

@@ -9,6 +9,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from graft.console import make_console
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -77,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render(data, Console())
+        render(data, make_console())
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
+from graft.console import make_console
 
 
 def register(sub) -> None:
@@ -27,7 +27,7 @@ def run_check(args) -> int:
     from advisor.rules import load_rules, parse_overrides
 
     table = load_rules(args.file, parse_overrides(args.overrides))
-    Console().print(f"[green]ok[/] {args.file}: rules_version {table.version}, {len(table.thresholds)} thresholds, "
+    make_console().print(f"[green]ok[/] {args.file}: rules_version {table.version}, {len(table.thresholds)} thresholds, "
                     f"{len(table.strategy_rules)} strategy rules (hit policy {table.hit_policy}, no gaps"
                     f"{', no overlaps' if table.hit_policy == 'unique' else ', every rule can win'}), "
                     f"{len(table.modifier_rules)} modifiers")
@@ -49,5 +49,5 @@ def run_show(args) -> int:
                            "then": r.then} for r in table.modifier_rules],
             "strategies": table.strategies}, indent=1))
         return 0
-    Console().print(rules_table(table))
+    make_console().print(rules_table(table))
     return 0
