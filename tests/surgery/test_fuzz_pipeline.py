@@ -126,3 +126,22 @@ def test_a_folder_and_a_missing_file_are_skipped_or_named(tmp_path):
     assert find_unreadable([good, *bad], SPEC) == bad
     with pytest.raises(DatasetError, match="folder.jpg"):
         list(image_batches([good, str(folder)], SPEC))
+
+
+@pytest.mark.parametrize(
+    "fmt, kw", [("BMP", {}), ("WEBP", {"lossless": False}), ("WEBP", {"lossless": True}), ("GIF", {})]
+)
+def test_ordinary_images_of_every_format_pass_the_header_check(tmp_path, fmt, kw):
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(np.full((300, 500, 3), 90, np.uint8)).save(path, format=fmt, **kw)
+    (batch,) = list(image_batches([str(path)], SPEC))
+    assert batch.shape == (1, 8, 8, 3)
+
+
+def test_a_bmp_declaring_a_huge_size_is_refused(tmp_path):
+    path = tmp_path / "huge.bmp"
+    Image.new("RGB", (2, 2)).save(path, format="BMP")
+    data = bytearray(path.read_bytes())
+    data[18:26] = (20000).to_bytes(4, "little") + (-20000).to_bytes(4, "little", signed=True)
+    path.write_bytes(bytes(data))
+    assert find_unreadable([str(path)], SPEC) == [str(path)]
