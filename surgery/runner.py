@@ -742,7 +742,8 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
             val = (xv, yv)
         timings = state.setdefault("timings", {})
         timings["features"] = timings.get("features", 0) + time.perf_counter() - t0
-        train_model = _head_model(model, prepared.head, xtr.shape[1:])
+        # the convex fit writes the head's Dense layer directly; only gradient training needs the head model
+        train_model = model if convex else _head_model(model, prepared.head, xtr.shape[1:])
         fit_args = {}
         n_images = len(ytr)
     else:
