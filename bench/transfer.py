@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GRAFT_SHARED", ROOT.parent / "shared"))
 MODEL = SHARED / "models" / "efficientnet_lite0_imagenet.keras"
 RESULTS = ROOT / "bench" / "results" / "transfer.jsonl"
+#: One row per (task, n, seed): the facts advise measured on the training images and the whole
+#: embedding measurement (shift profile, per-cut probe scores), so rule tables can be scored offline.
+MEASUREMENTS = ROOT / "bench" / "results" / "measurements.jsonl"
 WORK = Path(os.environ.get("GRAFT_BENCH_DIR", Path(tempfile.gettempdir()) / "graft-bench"))
 TASKS = ("cifar10", "rsscn7_aerial", "pbc_bloodcells", "dtd_textures", "quickdraw_sketches", "fashion_mnist")
 STRATEGIES = ("linear_probe", "truncate_probe", "lp_ft_top", "lp_ft", "finetune_all", "finetune_or_scratch")
@@ -198,6 +201,8 @@ def graft_arm(strategy: str, split: Path, seed: int, advice_cache: dict) -> dict
         t0 = time.perf_counter()
         advice_cache["advice"] = advise(split / "train", model=str(MODEL))
         advice_cache["seconds"] = time.perf_counter() - t0
+        if advice_cache.get("record"):
+            record_measurement(advice_cache["advice"], advice_cache["seconds"], **advice_cache["record"])
     base = advice_cache["advice"]
     t0 = time.perf_counter()
     advice = advise(split / "train", model=str(MODEL), strategy=strategy, measure=False)
@@ -222,6 +227,33 @@ def graft_arm(strategy: str, split: Path, seed: int, advice_cache: dict) -> dict
             "estimate": result.metrics.get("estimate", {}).get("method")}
 
 
+def record_measurement(advice, seconds: float, task: str, n: int, seed: int, path: Path = MEASUREMENTS) -> None:
+    """Append what advise measured on a split's training images (facts + embedding measurement)."""
+    facts = {k: v for k, v in advice.facts.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    row = {"task": task, "n": n, "seed": seed, "facts": facts, "rule_choice": advice.decision.strategy,
+           "embedding": None if advice.embedding is None else advice.embedding.to_dict(),
+           "seconds": round(seconds, 2), "commit": _commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def cmd_measure(args) -> int:
+    """Record the measurement of each (task, n, seed) that has result rows but no measurement row."""
+    from advisor import advise
+
+    done = {(m["task"], m["n"], m["seed"]) for m in load_rows(Path(args.measurements))}
+    wanted = sorted({(r["task"], r["n"], r["seed"]) for r in load_rows(Path(args.results))} - done)
+    for task, n, seed in wanted:
+        split = split_dir(task, n, seed)
+        t0 = time.perf_counter()
+        advice = advise(split / "train", model=str(MODEL))
+        record_measurement(advice, time.perf_counter() - t0, task, n, seed, Path(args.measurements))
+        print(f"{task} n={n} seed={seed}: similarity {advice.facts.get('similarity')}, "
+              f"rules choose {advice.decision.strategy}", flush=True)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ commands
 
 
@@ -243,7 +275,8 @@ def cmd_run(args) -> int:
     arms = tuple(args.arms.split(","))
     split = split_dir(args.task, args.n, args.seed)
     classes = len([d for d in (split / "train").iterdir() if d.is_dir()])
-    cache: dict = {}
+    cache: dict = {"record": {"task": args.task, "n": args.n, "seed": args.seed,
+                              "path": Path(args.measurements)}}
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     for strategy in strategies:
@@ -381,12 +414,17 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", default="all", help="comma-separated, or all")
     p.add_argument("--arms", default="graft,reference")
     p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--measurements", default=str(MEASUREMENTS))
     p.set_defaults(func=cmd_run)
+    m = sub.add_parser("measure", help="record advise's measurement for result rows that lack one")
+    m.add_argument("--results", default=str(RESULTS))
+    m.add_argument("--measurements", default=str(MEASUREMENTS))
+    m.set_defaults(func=cmd_measure)
     t = sub.add_parser("table", help="print the markdown table of the results so far")
     t.add_argument("--results", default=str(RESULTS))
     t.set_defaults(func=lambda a: print(table(load_rows(Path(a.results)))) or 0)
     args = parser.parse_args(argv)
-    if args.command == "run" and not MODEL.exists():
+    if args.command in ("run", "measure") and not MODEL.exists():
         parser.error(f"{MODEL} not found; set GRAFT_SHARED to the folder holding models/ and data/")
     return args.func(args)
 
