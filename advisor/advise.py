@@ -186,7 +186,8 @@ def _phases(strategy: dict, scale: float) -> list[Phase]:
 
 def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: DatasetFacts,
                model_source: str, weights: str, model: ModelFacts | None, embedding_cut: str | None,
-               out_dir: str | None = None, overrides: dict | None = None) -> Plan:
+               out_dir: str | None = None, overrides: dict | None = None,
+               forward_rate: float | None = None) -> Plan:
     """Turn a decision into a plan: surgery, phases and data settings from the winning strategy, with
     the modifiers applied. `embedding_cut` is the measured best cut layer (for `cut: best`)."""
     from graft import __version__
@@ -216,6 +217,12 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
     runner = decision.runner_up
     runner_cost = (estimate_cost(table.strategies[runner], train_images, bool(augmentation), scale, data.batch_size)
                    if runner else {})
+    from advisor.expect import expect
+
+    probe = facts.get("best_cut_score")
+    expected = expect(decision.strategy, cost["base_forward_passes"], probe, forward_rate).to_dict()
+    runner_expected = (expect(runner, runner_cost["base_forward_passes"], probe, forward_rate).to_dict()
+                       if runner else {})
     reasons = [decision.reason] + [why for _, why in decision.modifier_rules]
     fb = strategy.get("fallback")
     sim = {"value": facts.get("similarity"), "method": facts.get("similarity_method"),
@@ -232,7 +239,8 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
         facts={k: v for k, v in facts.items()},
         decision=DecisionRecord(
             strategy=decision.strategy, case=decision.case, rule=decision.rule, reasons=reasons,
-            runner_up=runner, expected_cost=cost, runner_up_cost=runner_cost,
+            runner_up=runner, expected_cost=cost, runner_up_cost=runner_cost, expected=expected,
+            runner_up_expected=runner_expected,
             also_matched=list(decision.also_matched), similarity=sim),
         model=ModelSpec(source=model_source, weights=weights,
                         input_size=list(model.input_size) if model and model.input_size else None),
@@ -331,7 +339,9 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
                 facts.update(similarity=ef["similarity"], similarity_method=ef["similarity_method"],
                              similarity_uncertainty=ef["similarity_uncertainty"],
                              best_cut_depth=ef["best_cut_depth"], top_cut_gain=ef["cut_gain"],
-                             best_cut_layer=ef["best_cut_layer"], similarity_sample=ef["similarity_sample"])
+                             best_cut_layer=ef["best_cut_layer"], similarity_sample=ef["similarity_sample"],
+                             **{k: ef[k] for k in ("shift_early", "shift_late", "shift_ratio", "best_cut_score",
+                                                   "probe_lift")})
                 cut_layer = ef["best_cut_layer"]
                 if emb.transfer is not None and cut_layer == emb.transfer.scores[-1].name:
                     cut_layer = None  # the best cut is the top: keep the whole base
@@ -344,5 +354,5 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     if strategy is not None:
         decision = force_strategy(decision, table, strategy)
     plan = build_plan(decision, table, facts, facts_ds, source, weights, mfacts, cut_layer, out_dir,
-                      table.overrides)
+                      table.overrides, forward_rate=emb.forward_rate if emb is not None else None)
     return Advice(facts_ds, mfacts, emb, facts, decision, plan, table, notes)

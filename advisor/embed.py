@@ -126,6 +126,8 @@ class Embeddings:
         preprocessing: name of the preprocessing applied.
         skipped: files that could not be read, with the reason.
         seconds: wall time of loading and the forward passes.
+        forward_rate: images per second of the forward passes alone (batches after the first, which
+            also traces the function), None when nothing was timed.
     """
 
     cuts: list[CutPoint]
@@ -141,6 +143,7 @@ class Embeddings:
     preprocessing: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    forward_rate: float | None = None
 
     @property
     def images(self) -> int:
@@ -296,6 +299,7 @@ def embed(model: keras.Model | LayerGraph, images: ImageSample | np.ndarray,
 
     outs: list[list[np.ndarray]] = [[] for _ in range(len(cuts) + len(stat_keys))]
     kept_all, skipped = [], []
+    timed: list[tuple[int, float]] = []
     for s in range(0, n, batch_size):
         if paths is not None:
             x, kept, bad = load_images(paths[s:s + batch_size], hw)
@@ -306,7 +310,10 @@ def embed(model: keras.Model | LayerGraph, images: ImageSample | np.ndarray,
         if not len(x):
             continue
         kept_all.extend(s + k for k in kept)
+        t0 = time.perf_counter()
         y = emb_model.predict_on_batch(prep(x))
+        if s > 0 or n <= batch_size:  # the first batch also traces the function; count it only if alone
+            timed.append((len(x), time.perf_counter() - t0))
         y = y if isinstance(y, (list, tuple)) else [y]
         for store, value in zip(outs, y):
             store.append(np.asarray(value, dtype="float32"))
@@ -326,6 +333,7 @@ def embed(model: keras.Model | LayerGraph, images: ImageSample | np.ndarray,
         stat_sqmean=stat_sqmean, labels=lab,
         class_names=list(class_names or []), image_size=hw, preprocessing=prep.name,
         skipped=skipped, seconds=time.perf_counter() - start,
+        forward_rate=(sum(k for k, _ in timed) / max(sum(t for _, t in timed), 1e-9)) if timed else None,
     )
 
 

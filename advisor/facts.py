@@ -54,6 +54,16 @@ FACTS: dict[str, FactSpec] = {f.name: f for f in [
              "transfer best by a label-aware probe", "embedding", nullable=True),
     FactSpec("top_cut_gain", "float", "accuracy points", "probe accuracy of the best cut minus that of the "
              "top cut (0 when the top is best)", "embedding", nullable=True),
+    FactSpec("shift_early", "float", ">= 0", "mean shift of the BatchNormalization inputs in the first third of "
+             "the network's depth (low-level statistics: colour, contrast, strokes)", "embedding", nullable=True),
+    FactSpec("shift_late", "float", ">= 0", "mean shift of the BatchNormalization inputs in the last third of "
+             "the network's depth (content: object parts, scenes)", "embedding", nullable=True),
+    FactSpec("shift_ratio", "float", "ratio", "shift_early / shift_late: above 1 the data departs from the "
+             "source mostly in low-level statistics, below 1 mostly in content", "embedding", nullable=True),
+    FactSpec("best_cut_score", "float", "0..1", "leave-one-out probe accuracy of the best cut on the sample",
+             "embedding", nullable=True),
+    FactSpec("probe_lift", "float", "0..1", "the best cut's probe accuracy from chance (0) to perfect (1): "
+             "(score - chance) / (1 - chance)", "embedding", nullable=True),
     FactSpec("model_layers", "int", "layers", "layers in the pretrained network", "model", nullable=True),
     FactSpec("model_has_batchnorm", "bool", "-", "the network has BatchNormalization layers", "model",
              nullable=True),

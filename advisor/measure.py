@@ -54,6 +54,8 @@ class EmbeddingFacts:
         seconds: wall time of the whole measurement.
         skipped: unreadable files in the sample, with reasons.
         notes: what was not measured and why.
+        forward_rate: images per second of the network's forward pass on this machine (steady
+            state, from the embedding pass); `advisor.expect` scales its time estimates by it.
     """
 
     model: str
@@ -67,44 +69,76 @@ class EmbeddingFacts:
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    forward_rate: float | None = None
 
     def facts(self) -> dict:
-        """The facts rules may use (None where not measured).
+        """The facts rules may use (None where not measured); see `facts_from_measurement`."""
+        return facts_from_measurement(self._parts())
 
-        `similarity` 0..1 (1 = the reference domain), `similarity_method`, `similarity_uncertainty`
-        (bootstrap sd), `similarity_sample` (images), `best_cut_depth` 0..1, `best_cut_layer`,
-        `best_cut_score` (leave-one-out probe accuracy at that cut, 0..1), `top_cut_score` (at the
-        deepest candidate cut), `cut_gain` (best minus top, accuracy points 0..1).
-        """
-        s, t = self.similarity, self.transfer
-        return {
-            "similarity": None if s is None else round(s.value, 4),
-            "similarity_method": None if s is None else s.method,
-            "similarity_uncertainty": None if s is None else round(s.uncertainty, 4),
-            "similarity_sample": self.sample,
-            "best_cut_depth": None if t is None else round(t.best.depth, 4),
-            "best_cut_layer": None if t is None else t.best.name,
-            "best_cut_score": None if t is None else round(t.best.score, 4),
-            "top_cut_score": None if t is None else round(t.scores[-1].score, 4),
-            "cut_gain": None if t is None else round(t.best.score - t.scores[-1].score, 4),
-        }
+    def _parts(self) -> dict:
+        return {"similarity": None if self.similarity is None else self.similarity.to_dict(),
+                "transfer": None if self.transfer is None else self.transfer.to_dict(), "sample": self.sample}
 
     def to_dict(self) -> dict:
         """Everything, for JSON output and the plan's provenance."""
         return {
             "model": self.model,
             "facts": self.facts(),
-            "similarity": None if self.similarity is None else self.similarity.to_dict(),
-            "transfer": None if self.transfer is None else self.transfer.to_dict(),
-            "sample": self.sample,
+            **self._parts(),
             "per_class": self.per_class,
             "cap": self.cap,
             "image_size": list(self.image_size),
             "preprocessing": self.preprocessing,
             "seconds": round(self.seconds, 2),
+            "forward_rate": None if self.forward_rate is None else round(self.forward_rate, 2),
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "notes": list(self.notes),
         }
+
+
+#: Depth bounds (fraction of the network) of the "early" and "late" thirds of the shift profile.
+EARLY_DEPTH, LATE_DEPTH = 1 / 3, 2 / 3
+
+
+def facts_from_measurement(measurement: dict) -> dict:
+    """Rule facts from a measurement in its JSON form (`EmbeddingFacts.to_dict()`), so stored
+    measurements (bench/results/measurements.jsonl) give exactly the facts `advise` would.
+
+    - `similarity`, `similarity_method`, `similarity_uncertainty`, `similarity_sample`;
+    - `shift_early` / `shift_late`: mean shift of the BatchNormalization inputs in the first and last
+      third of the network's depth; `shift_ratio` = early / late: above 1 the data departs from the
+      source mostly in low-level statistics (colour, contrast, stroke images), below 1 mostly in
+      content. A ratio of one network's own shifts, so it needs no calibration across networks;
+    - `best_cut_depth`, `best_cut_layer`, `best_cut_score`, `top_cut_score`, `cut_gain`: the per-cut
+      leave-one-out probe (`advisor.transfer`);
+    - `probe_chance`: accuracy of always guessing the commonest class; `probe_lift`: the best cut's
+      probe accuracy as a share of the way from chance to 1 (0 = chance, 1 = every sample right).
+    """
+    s, t = measurement.get("similarity"), measurement.get("transfer")
+    out = {
+        "similarity": None if s is None else s["value"],
+        "similarity_method": None if s is None else s["method"],
+        "similarity_uncertainty": None if s is None else s["uncertainty"],
+        "similarity_sample": measurement.get("sample"),
+        "shift_early": None, "shift_late": None, "shift_ratio": None,
+        "best_cut_depth": None, "best_cut_layer": None, "best_cut_score": None, "top_cut_score": None,
+        "cut_gain": None, "probe_chance": None, "probe_lift": None,
+    }
+    profile = (s or {}).get("profile") or []
+    early = [p["shift"] for p in profile if p["depth"] <= EARLY_DEPTH]
+    late = [p["shift"] for p in profile if p["depth"] > LATE_DEPTH]
+    if early and late:
+        out["shift_early"] = round(float(np.mean(early)), 4)
+        out["shift_late"] = round(float(np.mean(late)), 4)
+        out["shift_ratio"] = round(out["shift_early"] / max(out["shift_late"], 1e-6), 4)
+    if t is not None:
+        best, top = t["best_score"], t["cuts"][-1]["score"]
+        chance = t["chance"]
+        out.update(best_cut_depth=t["best_cut_depth"], best_cut_layer=t["best_cut_layer"],
+                   best_cut_score=best, top_cut_score=top, cut_gain=round(best - top, 4),
+                   probe_chance=chance,
+                   probe_lift=round((best - chance) / (1 - chance), 4) if chance < 1 else None)
+    return out
 
 
 def _reference(source: str | os.PathLike, graph, size: int | None, per_class: int, cap: int,
@@ -174,5 +208,5 @@ def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike |
     return EmbeddingFacts(
         model=net.name, similarity=sim, transfer=trans, sample=emb.images, per_class=per_class, cap=cap,
         image_size=emb.image_size, preprocessing=emb.preprocessing, seconds=time.perf_counter() - start,
-        skipped=emb.skipped, notes=notes,
+        skipped=emb.skipped, notes=notes, forward_rate=emb.forward_rate,
     )

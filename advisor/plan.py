@@ -53,6 +53,8 @@ class DecisionRecord:
     runner_up: str | None = None
     expected_cost: dict = field(default_factory=dict)
     runner_up_cost: dict = field(default_factory=dict)
+    expected: dict = field(default_factory=dict)
+    runner_up_expected: dict = field(default_factory=dict)
     also_matched: list[str] = field(default_factory=list)
     similarity: dict = field(default_factory=dict)
 

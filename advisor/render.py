@@ -63,12 +63,15 @@ def decision_panel(decision: Decision, plan=None) -> Panel:
     lines.append(f"  ({case}; rule '{decision.rule}', hit policy {decision.hit_policy})\n")
     lines.append(decision.reason + "\n")
     if plan is not None and plan.decision.expected_cost:
-        cost = plan.decision.expected_cost["base_forward_passes"]
-        lines.append(f"Expected cost: {cost:,} base forward passes", style="dim")
-        if plan.decision.runner_up:
-            rc = plan.decision.runner_up_cost.get("base_forward_passes", 0)
-            lines.append(f"; runner-up {plan.decision.runner_up}: {rc:,}", style="dim")
-        lines.append("\n")
+        d = plan.decision
+        rows = [(d.strategy, d.expected_cost, d.expected)]
+        if d.runner_up:
+            rows.append((d.runner_up, d.runner_up_cost, d.runner_up_expected))
+        for i, (name, cost, exp) in enumerate(rows):
+            lines.append("Expected: " if i == 0 else "Runner-up: ", style="bold" if i == 0 else "dim")
+            lines.append(f"{name}: {_expectation_text(cost, exp)}\n", style="" if i == 0 else "dim")
+        if d.expected.get("basis"):
+            lines.append(f"(from: {d.expected['basis']})\n", style="dim")
     elif decision.runner_up:
         lines.append(f"Runner-up: {decision.runner_up}\n", style="dim")
     if decision.also_matched:
@@ -77,6 +80,22 @@ def decision_panel(decision: Decision, plan=None) -> Panel:
         lines.append(f"+ {name}: ", style="bold cyan")
         lines.append(why + "\n")
     return Panel(lines, title="Decision", title_align="left")
+
+
+def _expectation_text(cost: dict, exp: dict) -> str:
+    """`test accuracy 0.71-0.86, ~40 s here (12,300 base forward passes)`."""
+    parts = []
+    if exp.get("accuracy"):
+        lo, hi = exp["accuracy"]
+        parts.append(f"test accuracy {lo:.2f}-{hi:.2f}")
+    if exp.get("seconds") is not None:
+        from advisor.expect import duration
+
+        parts.append(f"~{duration(exp['seconds'])} here")
+    passes = cost.get("base_forward_passes")
+    if passes is not None:
+        parts.append(f"({passes:,} base forward passes)" if parts else f"{passes:,} base forward passes")
+    return ", ".join(parts[:-1]) + (" " if len(parts) > 1 else "") + parts[-1] if parts else "no estimate"
 
 
 def trace_table(decision: Decision) -> Table:

@@ -1,0 +1,95 @@
+"""What a strategy is expected to reach and to cost, on this data set and this machine.
+
+`advise` measures, on a sample of the data, the leave-one-out accuracy of a linear probe at the best
+cut (`best_cut_score`) and how fast the network's forward pass runs here (`forward_rate`). The
+expectation of a strategy is read off those two measurements with numbers fitted on the real-data
+bench (six domains, 10 and 60 images per class, several seeds; `python bench/advice.py --calibrate`
+prints them, docs/bench.md shows the fit):
+
+- **accuracy**: `best_cut_score + [low, high]`, where `[low, high]` is the 10th-90th percentile of
+  (test accuracy the strategy reached - the probe score measured on the training images) over the
+  bench's runs. It folds in both the sampling noise of the measured probe and how much the strategy
+  adds to (or loses against) a probe. Clipped to [0, 1].
+- **wall time**: `overhead + per_pass x passes / forward_rate`, where `passes` is the strategy's
+  compute in forward-pass equivalents (`advisor.advise.estimate_cost`), `forward_rate` the images/s
+  measured here, and `overhead` (model building, evaluation, saving) and `per_pass` (how many forward
+  passes' time one training image-pass takes, decoding and optimizer included) fitted on the bench.
+
+A strategy the bench did not run (a custom rules file's) gets no accuracy range; a data set measured
+without a model gets no time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Test accuracy minus the measured best-cut probe score, 10th and 90th percentile per strategy,
+#: and the runs behind them (bench/advice.py --calibrate; 2 CPUs, EfficientNet-Lite0 at 160 px).
+ACCURACY_VS_PROBE: dict[str, tuple[float, float, int]] = {
+    "linear_probe": (-0.083, 0.058, 8),
+    "truncate_probe": (-0.082, 0.06, 8),
+    "lp_ft_top": (-0.071, 0.08, 8),
+    "lp_ft": (-0.037, 0.134, 8),
+    "finetune_all": (-0.037, 0.134, 8),
+    "finetune_or_scratch": (-0.037, 0.134, 6),
+}
+#: seconds = OVERHEAD_S + PER_PASS x passes / forward_rate (bench/advice.py --calibrate).
+OVERHEAD_S = 5.0
+PER_PASS = 6.0
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One strategy's expected test accuracy range and wall time.
+
+    Attributes:
+        strategy: the strategy's name.
+        accuracy: `(low, high)` expected test accuracy, or None when there is no basis.
+        seconds: expected wall time of `apply` on this machine, or None without a measured speed.
+        basis: one sentence saying where the numbers come from.
+    """
+
+    strategy: str
+    accuracy: tuple[float, float] | None
+    seconds: float | None
+    basis: str
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy,
+                "accuracy": None if self.accuracy is None else [round(a, 3) for a in self.accuracy],
+                "seconds": None if self.seconds is None else round(self.seconds, 1), "basis": self.basis}
+
+    def text(self) -> str:
+        """`accuracy 0.71-0.86, ~40 s` (what the decision panel prints)."""
+        parts = []
+        if self.accuracy is not None:
+            parts.append(f"accuracy {self.accuracy[0]:.2f}-{self.accuracy[1]:.2f}")
+        if self.seconds is not None:
+            parts.append(f"~{duration(self.seconds)}")
+        return ", ".join(parts) or "no estimate"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def expect(strategy: str, passes: int | None, probe_score: float | None,
+           forward_rate: float | None) -> Expectation:
+    """The expectation of `strategy` given its compute (`passes`), the measured probe score and the
+    measured forward speed (images/s); any of them may be unknown (None)."""
+    acc, basis = None, []
+    calib = ACCURACY_VS_PROBE.get(strategy)
+    if calib is not None and probe_score is not None:
+        lo, hi, runs = calib
+        acc = (max(0.0, probe_score + lo), min(1.0, probe_score + hi))
+        basis.append(f"probe score {probe_score:.2f} measured on the sample, {lo:+.2f}..{hi:+.2f} as this "
+                     f"strategy did on {runs} EfficientNet-Lite0 bench runs (10th-90th percentile)")
+    seconds = None
+    if passes is not None and forward_rate:
+        seconds = OVERHEAD_S + PER_PASS * passes / forward_rate
+        basis.append(f"{passes:,} forward-pass equivalents at {forward_rate:.0f} images/s measured here")
+    return Expectation(strategy, acc, seconds, "; ".join(basis) or "nothing measured to estimate from")
