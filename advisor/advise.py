@@ -83,6 +83,7 @@ class Advice:
     plan: Plan
     rules: RuleTable
     notes: list[str] = field(default_factory=list)
+    trial: object | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: facts, decision with trace, measurements, plan."""
@@ -99,6 +100,7 @@ class Advice:
             "rules": {"file": self.rules.source, "version": self.rules.version, "sha256": self.rules.sha256,
                       "overrides": dict(self.rules.overrides)},
             "notes": list(self.notes),
+            "trial": None if self.trial is None else self.trial.to_dict(),
         }
 
 
@@ -256,6 +258,49 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
     )
 
 
+def _embedding_cut(facts: dict, embedding) -> str | None:
+    """The measured best cut, or None when it is the top (the whole base is kept)."""
+    cut = facts.get("best_cut_layer")
+    transfer = getattr(embedding, "transfer", None)
+    if cut and transfer is not None and cut == transfer.scores[-1].name:
+        return None
+    return cut
+
+
+def plan_for(advice: Advice, strategy: str) -> Plan:
+    """The plan `advise` would write if `strategy` had won, from the same facts and measurements
+    (no new scan or measurement). The decision's reasons say the rules chose otherwise."""
+    decision = force_strategy(advice.decision, advice.rules, strategy)
+    return build_plan(decision, advice.rules, advice.facts, advice.dataset, advice.plan.model.source,
+                      advice.plan.model.weights, advice.model, _embedding_cut(advice.facts, advice.embedding),
+                      None, advice.rules.overrides,
+                      forward_rate=getattr(advice.embedding, "forward_rate", None))
+
+
+def with_trial(advice: Advice, trial) -> Advice:
+    """The advice after a trial (`advisor.trial.race`): its winner's plan, the trial's reason first
+    among the plan's reasons, and the trial kept in `advice.trial`."""
+    out_dir = advice.plan.outputs.dir
+    if trial.switched:
+        decision = dataclasses.replace(
+            advice.decision, strategy=trial.winner, rule="trial", runner_up=advice.decision.strategy,
+            reason=f"{trial.reason} The rules chose {advice.decision.strategy} (rule {advice.decision.rule}, "
+                   f"case {advice.decision.case}): {advice.decision.reason}")
+        plan = build_plan(decision, advice.rules, advice.facts, advice.dataset, advice.plan.model.source,
+                          advice.plan.model.weights, advice.model, _embedding_cut(advice.facts, advice.embedding),
+                          None, advice.rules.overrides,
+                          forward_rate=getattr(advice.embedding, "forward_rate", None))
+        if not out_dir.endswith(f"-{advice.decision.strategy}"):
+            plan.outputs.dir = out_dir  # a directory the user named stays
+    else:
+        decision = advice.decision
+        plan = copy.deepcopy(advice.plan)
+        plan.decision.reasons = plan.decision.reasons + [trial.reason]
+    new = dataclasses.replace(advice, decision=decision, plan=plan)
+    new.trial = trial
+    return new
+
+
 def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
            rules: str | os.PathLike | RuleTable | None = None, overrides: dict | None = None, *,
            similarity: float | None = None, weights: str | None = None, measure: bool = True,
@@ -342,9 +387,7 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
                              best_cut_layer=ef["best_cut_layer"], similarity_sample=ef["similarity_sample"],
                              **{k: ef[k] for k in ("shift_early", "shift_late", "shift_ratio", "best_cut_score",
                                                    "probe_lift")})
-                cut_layer = ef["best_cut_layer"]
-                if emb.transfer is not None and cut_layer == emb.transfer.scores[-1].name:
-                    cut_layer = None  # the best cut is the top: keep the whole base
+                cut_layer = _embedding_cut(ef, emb)  # None when the top is best: keep the whole base
     if similarity is not None:
         facts.update(similarity=float(similarity), similarity_method="user", similarity_uncertainty=None)
     facts = derived(facts)

@@ -82,6 +82,24 @@ def decision_panel(decision: Decision, plan=None) -> Panel:
     return Panel(lines, title="Decision", title_align="left")
 
 
+def trial_table(trial) -> Table:
+    """The race of `advise --trial`: each candidate's pooled held-out accuracy, and the verdict."""
+    t = Table(title=f"Trial on held-out training images ({trial.seconds:.0f} s of {trial.budget_s:g} s)",
+              title_justify="left")
+    for col in ("strategy", "held-out accuracy", "95% interval", "images", "rounds", "seconds", "epochs x"):
+        t.add_column(col, justify="left" if col == "strategy" else "right")
+    for e in trial.entries:
+        d = e.to_dict()
+        name = Text(e.strategy, style="bold green" if e.strategy == trial.winner else "")
+        if e.strategy == trial.rules_choice:
+            name.append(" (rules)", style="dim")
+        t.add_row(name, "-" if d["accuracy"] is None else f"{d['accuracy']:.3f}",
+                  "-" if d["interval"] is None else f"{d['interval'][0]:.2f}-{d['interval'][1]:.2f}",
+                  str(d["held_out"]), str(d["rounds"]), f"{d['seconds']:.0f}", f"{d['epochs_scale']:.2f}")
+    t.caption = trial.reason + ("" if not trial.notes else " " + " ".join(trial.notes))
+    return t
+
+
 def _expectation_text(cost: dict, exp: dict) -> str:
     """`test accuracy 0.71-0.86, ~40 s here (12,300 base forward passes)`."""
     parts = []

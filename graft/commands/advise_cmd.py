@@ -31,6 +31,11 @@ def register(sub) -> None:
     p.add_argument("--strategy", metavar="NAME",
                    help="force a strategy of the rules file (e.g. lp_ft) instead of the one the rules choose; "
                         "the rules still run and the plan says what they chose")
+    p.add_argument("--trial", type=float, default=None, metavar="SECONDS",
+                   help="race the rules' choice and its runner-up on held-out training images within this "
+                        "budget and let a clear result decide (needs --model; trains for real)")
+    p.add_argument("--trial-candidates", metavar="A,B", default=None,
+                   help="with --trial: the strategies to race (default: the rules' choice and runner-up)")
     p.add_argument("--out", default="plan.yaml", help="where to write the plan (default plan.yaml)")
     p.add_argument("--run-dir", help="run directory the plan names for apply (default runs/DATASET-STRATEGY)")
     p.add_argument("--plot", metavar="PNG", help="also draw the per-depth profile to this PNG")
@@ -61,8 +66,24 @@ def run(args) -> int:
     _check_out(out, args)
     if args.similarity is not None and not 0 <= args.similarity <= 1:
         raise InputError(f"--similarity {args.similarity}: must be between 0 and 1")
-    err = make_console(stderr=True)
+    if args.trial is not None and not (args.trial > 0 and args.trial < float("inf")):
+        raise InputError(f"--trial {args.trial}: give a positive number of seconds, e.g. --trial 120")
+    if args.trial is not None and not args.model:
+        raise InputError("--trial trains the network on your images, so it needs --model")
+    if args.trial_candidates is not None and args.trial is None:
+        raise InputError("--trial-candidates is used with --trial SECONDS")
     overrides = parse_overrides(args.overrides)
+    candidates = None
+    if args.trial_candidates is not None:
+        from advisor.rules import load_rules
+
+        strategies = load_rules(args.rules, overrides).strategies
+        candidates = [c.strip() for c in args.trial_candidates.split(",") if c.strip()]
+        unknown = [c for c in candidates if c not in strategies] or ([] if candidates else ["(none)"])
+        if unknown:
+            raise InputError(f"--trial-candidates: {', '.join(unknown)} are not strategies of "
+                             f"{args.rules or 'the default rules'} (strategies: {', '.join(strategies)})")
+    err = make_console(stderr=True)
     status = err.status("Scanning the data set…") if not args.json and err.is_terminal else None
 
     def progress(stage: str, count: int) -> None:
@@ -79,6 +100,17 @@ def run(args) -> int:
                         similarity=args.similarity, weights=args.weights, measure=not args.no_measure,
                         reference=args.reference, out_dir=args.run_dir, safe_mode=not args.unsafe,
                         progress=progress, strategy=args.strategy)
+        if args.trial is not None:
+            from advisor.advise import with_trial
+            from advisor.trial import race
+
+            def trial_progress(message: str) -> None:
+                if status is not None:
+                    status.update(message.capitalize() + "…")
+                elif not args.json:
+                    print(message.capitalize() + "…", file=sys.stderr)
+
+            advice = with_trial(advice, race(advice, args.trial, candidates, progress=trial_progress))
     finally:
         if status is not None:
             status.stop()
@@ -100,6 +132,10 @@ def run(args) -> int:
 
         console.print(ProfileChart(advice.embedding))
     console.print(decision_panel(advice.decision, advice.plan))
+    if advice.trial is not None:
+        from advisor.render import trial_table
+
+        console.print(trial_table(advice.trial))
     console.print(trace_table(advice.decision))
     console.print(plan_panel(advice.plan, str(out)))
     for note in advice.notes:

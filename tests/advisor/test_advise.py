@@ -8,6 +8,7 @@ rules decide, and the CLI runs in a subprocess. No mocks.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 
 import pytest
 from conftest import ROOT
+from rich.console import Console
 
 from advisor.advise import Advice, advise, estimate_cost
 from advisor.plan import PLAN_VERSION, dump_plan, load_plan
@@ -336,3 +338,39 @@ def test_cli_strategy_forces_the_plan_and_a_bad_name_exits_2(tmp_path):
     line = error_line(cli(DATA, "--strategy", "linear", "--out", tmp_path / "other.yaml", cwd=tmp_path))
     assert "'linear' is not a strategy" in line and "linear_probe" in line
     assert not (tmp_path / "other.yaml").exists()
+
+
+def test_cli_trial_races_and_bad_trial_options_exit_2(tmp_path):
+    out = tmp_path / "plan.yaml"
+    proc = cli(DATA, "--model", MODEL, "--trial", "15", "--trial-candidates", "linear_probe,truncate_probe",
+               "--out", out, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {e["strategy"] for e in data["trial"]["entries"]} >= {"linear_probe", "truncate_probe"}
+    assert load_plan(out).decision.strategy == data["trial"]["winner"]
+    assert data["trial"]["reason"] in " ".join(load_plan(out).decision.reasons)
+    assert "--model" in error_line(cli(DATA, "--trial", "10", "--out", tmp_path / "a.yaml", cwd=tmp_path))
+    assert "positive" in error_line(cli(DATA, "--model", MODEL, "--trial", "-3", "--out", tmp_path / "b.yaml",
+                                        cwd=tmp_path))
+    assert "not strategies" in error_line(cli(DATA, "--model", MODEL, "--trial", "5", "--trial-candidates", "nope",
+                                              "--out", tmp_path / "c.yaml", cwd=tmp_path))
+    assert "with --trial" in error_line(cli(DATA, "--trial-candidates", "lp_ft", "--out", tmp_path / "d.yaml",
+                                            cwd=tmp_path))
+    assert not any((tmp_path / n).exists() for n in ("a.yaml", "b.yaml", "c.yaml", "d.yaml"))
+
+
+def test_plan_and_json_carry_the_expected_accuracy_and_time_of_winner_and_runner_up(measured):
+    d = measured.plan.decision
+    assert d.expected["strategy"] == d.strategy and d.runner_up_expected["strategy"] == d.runner_up
+    lo, hi = d.expected["accuracy"]
+    probe = measured.facts["best_cut_score"]
+    assert 0 <= lo <= probe <= hi <= 1
+    assert d.expected["seconds"] > 0 and d.runner_up_expected["seconds"] > d.expected["seconds"]
+    assert "measured here" in d.expected["basis"]
+    from advisor.render import decision_panel
+
+    buf = io.StringIO()
+    Console(file=buf, width=120).print(decision_panel(measured.decision, measured.plan))
+    text = buf.getvalue()
+    assert f"Expected: {d.strategy}: test accuracy {lo:.2f}-{hi:.2f}" in text
+    assert f"Runner-up: {d.runner_up}: test accuracy" in text
