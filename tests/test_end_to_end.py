@@ -22,7 +22,7 @@ CNN = ROOT / "examples" / "models" / "cifar_a_cnn.keras"
 
 
 @pytest.mark.parametrize("similarity, overrides, strategy, case", [
-    (0.9, {}, "linear_probe", 1),
+    (0.9, {}, "truncate_probe", 1),
     (0.1, {}, "lp_ft", 2),
     (0.9, {"small_dataset": 100}, "finetune_all", 3),
     (0.1, {"small_dataset": 100, "scratch_min_images": 200}, "finetune_or_scratch", 4),
@@ -47,7 +47,7 @@ def test_advised_plan_applies_end_to_end(tmp_path, similarity, overrides, strate
     # estimate says how accuracy on new images was measured, if it was
     assert result.splits == {"train": 300, "val": 0, "test": 0} and result.metrics["split"] == "train"
     estimate = result.metrics["estimate"]
-    if strategy == "linear_probe":
+    if strategy == "truncate_probe":  # a probe (cut at the best depth; unmeasured here: the top)
         assert estimate["method"].endswith("cross-validation of the head") and estimate["images"] == 300
         lo, hi = estimate["interval95"]
         assert 0 <= lo < estimate["accuracy"] < hi <= 1

@@ -25,7 +25,7 @@ from graft.errors import DatasetError, InputError, RulesError
 
 DATA = ROOT / "examples" / "data" / "cifar_b"
 MODEL = ROOT / "examples" / "models" / "cifar_a_cnn.keras"
-STRATEGY_RULES = 9  # rules in the shipped strategy table
+STRATEGY_RULES = 10  # rules in the shipped strategy table
 MODIFIER_RULES = 7
 
 
@@ -63,9 +63,9 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 # ------------------------------------------------------------------------------------------ library
 
 
-def test_stated_similarity_gives_linear_probe(similar):
+def test_stated_similarity_gives_a_probe_at_the_best_cut(similar):
     d = similar.decision
-    assert (d.strategy, d.case, d.rule, d.runner_up) == ("linear_probe", 1, "small_similar", "lp_ft_top")
+    assert (d.strategy, d.case, d.rule, d.runner_up) == ("truncate_probe", 1, "small_similar", "lp_ft_top")
     assert similar.facts["similarity"] == 0.8
     assert similar.facts["similarity_method"] == "user"
     assert similar.model is None and similar.embedding is None
@@ -80,7 +80,7 @@ def test_stated_similarity_gives_linear_probe(similar):
 def test_plan_of_the_stated_similarity(similar):
     plan = similar.plan
     assert plan.plan_version == PLAN_VERSION
-    assert plan.decision.strategy == "linear_probe" and plan.decision.rule == "small_similar"
+    assert plan.decision.strategy == "truncate_probe" and plan.decision.rule == "small_similar"
     assert plan.decision.similarity == {"value": 0.8, "method": "user", "uncertainty": None}
     assert plan.decision.reasons[0].startswith("Case 1, small and similar: 300 images (< 10000)")
     assert "similarity 0.80 >= 0.5" in plan.decision.reasons[0]
@@ -96,7 +96,7 @@ def test_plan_of_the_stated_similarity(similar):
     # nothing held out: every labelled image trains the final model
     assert (plan.data.validation_split, plan.data.test_split) == (0.0, 0.0)
     assert plan.data.path == str(DATA)
-    assert plan.outputs.dir == "runs/cifar_b-linear_probe"
+    assert plan.outputs.dir == "runs/cifar_b-truncate_probe"
     assert plan.provenance.rules == str(DEFAULT_RULES) and plan.provenance.rules_version == 1
     assert len(plan.provenance.rules_sha256) == 64 and len(plan.provenance.dataset_fingerprint) == 64
     assert plan.provenance.tool.startswith("graft ")
@@ -104,7 +104,7 @@ def test_plan_of_the_stated_similarity(similar):
 
 def test_expected_costs_follow_the_strategies(similar):
     plan, table = similar.plan, similar.rules
-    assert plan.decision.expected_cost == estimate_cost(table.strategies["linear_probe"], 300, True)
+    assert plan.decision.expected_cost == estimate_cost(table.strategies["truncate_probe"], 300, True)
     assert plan.decision.runner_up_cost == estimate_cost(table.strategies["lp_ft_top"], 300, True)
     # the frozen head is fitted on features computed once, augmentation or not: one pass over 300 images
     assert plan.decision.expected_cost == {"base_forward_passes": 300, "epochs": 1}
@@ -208,8 +208,9 @@ def test_model_facts_reach_the_plan(measured):
     assert plan.model.source == str(MODEL) and plan.model.weights == "file"
     assert plan.model.input_size == [32, 32] and plan.data.input_size == [32, 32]
     assert plan.surgery.bn == "freeze"  # the model has BatchNormalization
-    # the data are close to the model's pretraining data (CIFAR-10 photos): a small, similar case
-    assert measured.decision.strategy == "linear_probe"
+    # the data are close to the model's pretraining data (CIFAR-10 photos): a small, similar case,
+    # a probe at the best cut (the whole base when the top is best)
+    assert measured.decision.strategy == "truncate_probe" and measured.decision.case == 1
     if plan.surgery.cut is not None:
         assert plan.surgery.cut == measured.facts["best_cut_layer"]
     assert load_plan(text=dump_plan(plan)) == plan
@@ -231,7 +232,7 @@ def test_advice_to_dict_is_json(measured):
     assert data["similarity"]["method"] == "bn_stats"
     assert data["model"]["input_size"] == [32, 32]
     assert data["embedding"]["similarity"] is not None
-    assert data["plan"]["decision"]["strategy"] == data["decision"]["strategy"] == "linear_probe"
+    assert data["plan"]["decision"]["strategy"] == data["decision"]["strategy"] == "truncate_probe"
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -247,14 +248,14 @@ def test_cli_writes_a_plan_and_json(tmp_path):
     # the existing file was replaced, with no temporary file left
     assert os.listdir(out.parent) == ["plan.yaml"]
     plan = load_plan(out)
-    assert plan.decision.strategy == "linear_probe"
+    assert plan.decision.strategy == "truncate_probe"
     assert plan.provenance.overrides == {"augment_below": 10}
     assert plan.data.augmentation == {}  # 60 images per class is no longer < augment_below
     assert out.read_text().startswith("# graft transfer plan")
     assert data["plan_file"] == str(out)
     assert data["plan"] == plan.to_dict()
     decision = data["decision"]
-    assert decision["strategy"] == "linear_probe" and decision["rule"] == "small_similar"
+    assert decision["strategy"] == "truncate_probe" and decision["rule"] == "small_similar"
     trace = decision["trace"]
     assert len(trace) == STRATEGY_RULES + MODIFIER_RULES
     for rule in trace:
@@ -321,9 +322,9 @@ def test_cli_out_must_not_be_a_folder(tmp_path):
 def test_strategy_can_be_forced_and_the_rules_choice_is_kept():
     advice = advise(DATA, similarity=0.8, strategy="lp_ft")
     d, plan = advice.decision, advice.plan
-    assert (d.strategy, d.rule, d.runner_up) == ("lp_ft", "forced", "linear_probe")
+    assert (d.strategy, d.rule, d.runner_up) == ("lp_ft", "forced", "truncate_probe")
     assert plan.decision.strategy == "lp_ft" and plan.decision.reasons[0].startswith(
-        "Strategy lp_ft was forced (--strategy); the rules chose linear_probe (rule small_similar, case 1)")
+        "Strategy lp_ft was forced (--strategy); the rules chose truncate_probe (rule small_similar, case 1)")
     assert [(p.trainable, p.min_steps) for p in plan.training.phases] == [("head", 300), ("all", 30)]
     assert plan.outputs.dir == "runs/cifar_b-lp_ft"
     with pytest.raises(InputError, match="'lp_fit' is not a strategy .*did you mean 'lp_ft'"):

@@ -66,10 +66,11 @@ def table():
 # rule -> (fact changes from BASE, strategy, case, runner_up, rules that also match)
 STRATEGY_CASES = {
     "too_few_per_class": ({"images_per_class_min": 3}, "linear_probe", 1, "lp_ft_top", ["small_similar"]),
-    "small_similar": ({}, "linear_probe", 1, "lp_ft_top", []),
+    "small_similar_low_level_shift": ({"shift_ratio": 1.5}, "lp_ft", 1, "truncate_probe", ["small_similar"]),
+    "small_similar": ({}, "truncate_probe", 1, "lp_ft_top", []),
     "small_different_lower_cut": ({"similarity": 0.2, "top_cut_gain": 0.05, "best_cut_depth": 0.8},
                                   "truncate_probe", 2, "lp_ft", ["small_different"]),
-    "small_different": ({"similarity": 0.2}, "lp_ft", 2, "truncate_probe", []),
+    "small_different": ({"similarity": 0.2}, "lp_ft", 2, "lp_ft_top", []),
     "small_similarity_unknown": ({"similarity": None, "top_cut_gain": None, "best_cut_depth": None},
                                  "lp_ft_top", 0, "linear_probe", []),
     "large_similar": ({"images": 20000}, "finetune_all", 3, "lp_ft_top", []),
@@ -117,7 +118,8 @@ def _classic(f: dict) -> str:
         if sim is None:
             return "small_similarity_unknown"
         if sim >= 0.5:
-            return "small_similar"
+            ratio = f.get("shift_ratio")
+            return "small_similar_low_level_shift" if ratio is not None and ratio >= 1.0 else "small_similar"
         return "small_different_lower_cut" if gain is not None and gain >= 0.03 else "small_different"
     if sim is None:
         return "large_similarity_unknown"
@@ -129,9 +131,10 @@ def _classic(f: dict) -> str:
 def test_decision_over_a_grid_matches_the_classic_cases(table):
     seen = set()
     grid = itertools.product([50, 9999, 10000, 99999, 100000, 10**6], [None, 0.0, 0.4999, 0.5, 1.0],
-                             [None, 0.0, 0.0299, 0.03, 0.2], [1, 4, 5, 300])
-    for images, sim, gain, per_class_min in grid:
-        f = facts(images=images, similarity=sim, top_cut_gain=gain, images_per_class_min=per_class_min)
+                             [None, 0.0, 0.0299, 0.03, 0.2], [1, 4, 5, 300], [None, 0.3, 0.9999, 1.0, 2.0])
+    for images, sim, gain, per_class_min, ratio in grid:
+        f = facts(images=images, similarity=sim, top_cut_gain=gain, images_per_class_min=per_class_min,
+                  shift_ratio=ratio)
         d = evaluate(table, f)
         assert d.rule == _classic(f), f
         matched = [t.name for t in d.trace if t.table == "strategy" and t.matched]
@@ -150,6 +153,9 @@ def test_decision_over_a_grid_matches_the_classic_cases(table):
     ({"similarity": 0.2, "top_cut_gain": 0.03}, "small_different_lower_cut"),
     ({"similarity": 0.2, "top_cut_gain": 0.0299}, "small_different"),
     ({"similarity": 0.2, "top_cut_gain": None}, "small_different"),  # no probe measured
+    ({"shift_ratio": 1.0}, "small_similar_low_level_shift"),  # low_level_shift is "at or above"
+    ({"shift_ratio": 0.9999}, "small_similar"),
+    ({"shift_ratio": None}, "small_similar"),  # no profile measured: the shift is not called low-level
     ({"images": 99999, "similarity": 0.2}, "large_different"),
     ({"images": 100000, "similarity": 0.2}, "large_different_scratch_trial"),
 ])
@@ -275,7 +281,7 @@ def test_set_override_changes_the_decision():
     d = evaluate(t, facts())
     assert d.rule == "large_similar" and d.strategy == "finetune_all"
     assert "2000 images (>= 500)" in d.reason
-    cond = [c for c in d.trace[5].conditions if c.fact == "images"][0]
+    cond = [c for c in [t for t in d.trace if t.name == "large_similar"][0].conditions if c.fact == "images"][0]
     assert cond.text == "images >= small_dataset (500)"
 
 
@@ -397,7 +403,8 @@ def _in_default_gap():
     start = DEFAULT_TEXT.index("    - name: large_similarity_unknown")
     text = DEFAULT_TEXT[:start] + DEFAULT_TEXT[DEFAULT_TEXT.index("modifiers:"):]
     return text, line_of(text, "- name: large_different\n"), \
-        "gap in the strategy table: no rule matches images=10000, images_per_class_min=5, similarity=unknown"
+        "gap in the strategy table: no rule matches images=10000, images_per_class_min=5, shift_ratio=0.5, " \
+        "similarity=unknown"
 
 
 def _in_default_never_wins():
@@ -414,8 +421,9 @@ def _in_default_never_wins():
 def _in_default_overlap_under_unique():
     text = replace_once(DEFAULT_TEXT, "hit_policy: first", "hit_policy: unique")
     return text, line_of(text, "- name: small_different\n"), \
-        "overlap in the strategy table (hit_policy unique): rules 'too_few_per_class' (line 92) and " \
-        "'small_different' both match images=9999, images_per_class_min=4"
+        "overlap in the strategy table (hit_policy unique): rules 'too_few_per_class' (line " \
+        f"{line_of(text, '- name: too_few_per_class')}) and 'small_different' both match images=9999, " \
+        "images_per_class_min=4"
 
 
 def _in_default_unknown_reason_placeholder():
@@ -443,10 +451,10 @@ def _in_default_unsupported_version():
 
 
 def _in_default_yaml_syntax():
-    text = replace_once(DEFAULT_TEXT, "then: {strategy: lp_ft, case: 2, runner_up: truncate_probe}",
-                        "then: {strategy: lp_ft, case: 2, runner_up: truncate_probe")
+    text = replace_once(DEFAULT_TEXT, "then: {strategy: lp_ft, case: 2, runner_up: lp_ft_top}",
+                        "then: {strategy: lp_ft, case: 2, runner_up: lp_ft_top")
     # the parser notices the missing brace on the next line, where `reason:` starts
-    return text, line_of(text, "runner_up: truncate_probe\n") + 1, "not valid YAML: expected ',' or '}'"
+    return text, line_of(text, "case: 2, runner_up: lp_ft_top\n") + 1, "not valid YAML: expected ',' or '}'"
 
 
 def _in_default_duplicate_rule_name():
@@ -714,7 +722,7 @@ def cli(tmp_path_factory):
 def test_cli_rules_check_default_exits_0(cli):
     r = cli["check"]
     assert r.returncode == 0, r.stderr
-    assert "ok rules.yaml: rules_version 1, 10 thresholds, 9 strategy rules" in " ".join(r.stdout.split())
+    assert "ok rules.yaml: rules_version 1, 11 thresholds, 10 strategy rules" in " ".join(r.stdout.split())
     assert "every rule can win" in r.stdout
     assert cli["check_set"].returncode == 0, cli["check_set"].stderr
 
