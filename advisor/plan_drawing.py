@@ -380,3 +380,18 @@ class PlanDiagram:
         p = net.params
         yield Text(" " * (width + 2) + f"kept {_fmt_params(p['kept'])}, removed {_fmt_params(p['removed'])}, "
                    f"new head {_fmt_params(p['head'])} parameters")
+
+
+def draw_into_run(plan: Plan, run_dir: str | os.PathLike, safe_mode: bool | None = None) -> tuple[Path | None, str]:
+    """`apply`'s drawing: `RUN_DIR/plan.png`, with the runner-up from the plan's rules file.
+
+    Returns:
+        `(path, "")`, or `(None, why)` when the plan cannot be drawn; a drawing never fails a run.
+    """
+    from graft.errors import GraftError
+
+    try:
+        path, _ = draw_plan(plan, Path(run_dir) / "plan.png", safe_mode=safe_mode)
+    except (GraftError, ValueError, TypeError) as exc:
+        return None, f"the plan could not be drawn ({type(exc).__name__}: {exc})"
+    return path, ""
