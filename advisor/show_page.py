@@ -61,46 +61,76 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
+def _mosaic(tiles: list[list[np.ndarray | None]], side: int, pad: int = 2) -> np.ndarray:
+    """Tiles (H x W x 3 floats 0..1, or None) laid out in rows on a white canvas, each resized to `side`."""
+    from PIL import Image
+
+    rows, cols = len(tiles), max(len(r) for r in tiles)
+    canvas = np.ones((rows * (side + pad) + pad, cols * (side + pad) + pad, 3), "float32")
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            if tile is None:
+                continue
+            img = Image.fromarray((np.clip(tile, 0, 1) * 255).astype("uint8"))
+            img = img.resize((side, side), Image.NEAREST)
+            y, x = pad + r * (side + pad), pad + c * (side + pad)
+            canvas[y:y + side, x:x + side] = np.asarray(img, "float32") / 255.0
+    return canvas
+
+
+def _gray_to_rgb(a: np.ndarray, cmap: str = "viridis") -> np.ndarray:
+    from matplotlib import colormaps
+
+    return colormaps[cmap](_unit(a))[..., :3]
+
+
+def _mosaic_figure(canvas: np.ndarray, title: str, row_labels: list[str], col_labels: list[str] | None,
+                   side: int, pad: int = 2, scale: float = 0.011) -> Figure:
+    h, w = canvas.shape[:2]
+    longest = max((len(line) for label in row_labels for line in label.splitlines()), default=4)
+    left = 0.2 + 0.06 * longest  # room for the row labels at font size 6
+    fig = Figure(figsize=(w * scale + left + 0.2, h * scale + 0.6))
+    ax = fig.add_axes((left / (w * scale + left + 0.2), 0.02, w * scale / (w * scale + left + 0.2),
+                       h * scale / (h * scale + 0.6)))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([(side + pad) * c + pad + side / 2 for c in range(len(col_labels or []))])
+    ax.set_xticklabels(col_labels or [], fontsize=6)
+    ax.xaxis.tick_top()
+    ax.set_yticks([(side + pad) * r + pad + side / 2 for r in range(len(row_labels))])
+    ax.set_yticklabels(row_labels, fontsize=6)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.suptitle(title, fontsize=8, x=0.01, ha="left", y=0.995, va="top")
+    return fig
+
+
 def filters_figure(kernel: np.ndarray, title: str, limit: int = 64) -> Figure:
     """The first convolution's filters as a grid: RGB when it reads 3 channels, else its first channel."""
     kh, kw, cin, n = kernel.shape
     n = min(n, limit)
     cols = min(16, n)
-    rows = int(np.ceil(n / cols))
-    fig = Figure(figsize=(cols * 0.7 + 0.4, rows * 0.7 + 0.7))
-    fig.suptitle(title, fontsize=9)
+    tiles: list[list[np.ndarray | None]] = [[] for _ in range(int(np.ceil(n / cols)))]
     for i in range(n):
-        ax = fig.add_subplot(rows, cols, i + 1)
         k = kernel[:, :, :, i]
-        img = _unit(k) if cin == 3 else _unit(k[:, :, 0])
-        ax.imshow(img, cmap=None if cin == 3 else "gray", interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig
+        tiles[i // cols].append(_unit(k) if cin == 3 else np.repeat(_unit(k[:, :, :1]), 3, axis=-1))
+    side = 28
+    return _mosaic_figure(_mosaic(tiles, side), title, [f"{r * cols}–" for r in range(len(tiles))], None, side,
+                          scale=0.02)
 
 
 def feature_maps_figure(view: DataView, image: int) -> Figure:
     """One sample image and its feature maps at the spatial depths (rows), a few channels each."""
-    depths = view.spatial
-    cols = 1 + max(len(d.channels) for d in depths)
-    fig = Figure(figsize=(cols * 1.05, len(depths) * 1.2 + 0.5))
-    label = view.class_names[int(view.labels[image])]
-    fig.suptitle(f"{view.paths[image].name} ({label}): feature maps, early to late", fontsize=9)
-    for r, d in enumerate(depths):
-        ax = fig.add_subplot(len(depths), cols, r * cols + 1)
-        ax.imshow(view.pixels[image])
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(f"{d.cut.name}\n{d.cut.depth:.2f}", fontsize=6, rotation=0, ha="right", va="center")
+    side = 64
+    tiles, labels, cols = [], [], ["image"]
+    for d in view.spatial:
         maps = d.maps[image]
-        for j, ch in enumerate(d.channels):
-            ax = fig.add_subplot(len(depths), cols, r * cols + 2 + j)
-            ax.imshow(maps[:, :, j], cmap="viridis", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"ch {ch}", fontsize=6, pad=1)
-    fig.subplots_adjust(left=0.12, right=0.99, top=0.9, bottom=0.02, wspace=0.08, hspace=0.35)
-    return fig
+        tiles.append([view.pixels[image] / 255.0] + [_gray_to_rgb(maps[:, :, j]) for j in range(maps.shape[-1])])
+        labels.append(f"{d.cut.name}\ndepth {d.cut.depth:.2f}")
+    cols += [""] * (max(len(t) for t in tiles) - 1)
+    label = view.class_names[int(view.labels[image])]
+    return _mosaic_figure(_mosaic(tiles, side), f"{view.paths[image].name} ({label}): the most variable channels, early to late "
+                          "(bright = strong response)", labels, cols, side)
 
 
 def _crop(img: np.ndarray, where: tuple[float, float], side: int) -> np.ndarray:
@@ -113,27 +143,27 @@ def _crop(img: np.ndarray, where: tuple[float, float], side: int) -> np.ndarray:
     return img[r:r + side, c:c + side]
 
 
-def top_images_figure(view: DataView, index: int) -> Figure:
-    """Per sampled channel at one depth, the images that excite it most, cropped around the response."""
+def crop_side(view: DataView, index: int) -> int:
+    """The side of the crops at one depth: three strides of the feature map, at least a quarter image."""
     d = view.spatial[index]
     h = view.image_size[0]
     fmap_side = d.maps[view.feature_images[0]].shape[0] if view.feature_images else 1
     stride = max(1, h // max(1, fmap_side))
-    side = int(min(h, max(h // 4, 3 * stride)))
-    cols = max(len(t.images) for t in d.tops)
-    fig = Figure(figsize=(cols * 1.0 + 0.9, len(d.tops) * 1.0 + 0.5))
-    fig.suptitle(f"{d.cut.name}: top images per channel ({side}px crops)", fontsize=8)
-    for r, t in enumerate(d.tops):
-        for j, (img, where) in enumerate(zip(t.images, t.where)):
-            ax = fig.add_subplot(len(d.tops), cols, r * cols + j + 1)
-            ax.imshow(_crop(view.pixels[img], where, side), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(view.class_names[int(view.labels[img])][:10], fontsize=6, pad=1)
-            if j == 0:
-                ax.set_ylabel(f"ch {t.channel}", fontsize=7)
-    fig.subplots_adjust(left=0.08, right=0.99, top=0.88, bottom=0.02, wspace=0.06, hspace=0.35)
-    return fig
+    return int(min(h, max(h // 4, 3 * stride)))
+
+
+def top_images_figure(view: DataView, index: int) -> Figure:
+    """Per sampled channel at one depth, the images that excite it most, cropped around the response."""
+    d = view.spatial[index]
+    side = crop_side(view, index)
+    tiles, labels = [], []
+    for t in d.tops:
+        tiles.append([_crop(view.pixels[img], where, side) / 255.0 for img, where in zip(t.images, t.where)])
+        classes = [view.class_names[int(view.labels[img])][:9] for img in t.images]
+        labels.append(f"channel {t.channel}\n" + ", ".join(classes[:3]) + ("\n" + ", ".join(classes[3:]) if classes[3:] else ""))
+    cols = [f"#{j + 1}" for j in range(max(len(t) for t in tiles))]
+    return _mosaic_figure(_mosaic(tiles, 72), f"{d.cut.name}: top images per channel ({side}px crops around the "
+                          "strongest response)", labels, cols, 72, scale=0.012)
 
 
 def map_figure(view: DataView, index: int) -> Figure:
