@@ -300,6 +300,9 @@ def write_show(view: DataView, out_dir: str | os.PathLike) -> ShowReport:
     Raises:
         InputError: `out_dir` is a file or lies inside the data set or is the model.
     """
+    import time
+
+    start = time.perf_counter()
     out = Path(out_dir)
     _check_out_dir(out, view)
     out.mkdir(parents=True, exist_ok=True)
@@ -395,6 +398,7 @@ def write_show(view: DataView, out_dir: str | os.PathLike) -> ShowReport:
     add("</body></html>\n")
     page = write_text(out / "index.html", "\n".join(parts))
     numbers = show_numbers(view)
+    numbers["seconds"]["page"] = round(time.perf_counter() - start, 2)
     files = [page, *files]
     numbers_file = out / "show.json"
     files.append(numbers_file)
