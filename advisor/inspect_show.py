@@ -262,12 +262,14 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
         trans = transferability(emb)
     else:
         notes.append("probe accuracy not measured: it needs at least 2 classes with 2 images each")
+    seconds["probe"] = time.perf_counter() - t
+    t = time.perf_counter()
     sim = None
     if emb.stat_kind == "bn_input":
         sim = similarity(emb, bn_reference(graph, emb.stat_layers), bootstrap=50, seed=seed)
     else:
         notes.append(f"shift profile not measured: {net.name} has no BatchNormalization layers")
-    seconds["probe_and_shift"] = time.perf_counter() - t
+    seconds["shift"] = time.perf_counter() - t
 
     t = time.perf_counter()
     map_idx = set(_spread(len(emb.cuts), maps))
@@ -299,7 +301,9 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
             needed.update(best)
         chosen[cut.name] = (sorted(order[:shown_maps]), tops)
     needed_list = sorted(needed)
-    spatial = _spatial_pass(graph, spatial_cuts, pixels[needed_list], model_preprocessing(net), batch_size)
+    # one batch for these few images: every distinct batch shape costs a graph trace (~1 s here)
+    spatial = _spatial_pass(graph, spatial_cuts, pixels[needed_list], model_preprocessing(net),
+                            max(batch_size, min(len(needed_list), 128)))
     rows = {img: r for r, img in enumerate(needed_list)}
     views = []
     for cut, fmap in zip(spatial_cuts, spatial):
