@@ -130,7 +130,7 @@ def feature_maps_figure(view: DataView, image: int) -> Figure:
     cols += [""] * (max(len(t) for t in tiles) - 1)
     label = view.class_names[int(view.labels[image])]
     return _mosaic_figure(_mosaic(tiles, side), f"{view.paths[image].name} ({label}): the most variable channels, early to late "
-                          "(bright = strong response)", labels, cols, side)
+                          "(bright = strong response)", labels, cols, side, scale=0.016)
 
 
 def _crop(img: np.ndarray, where: tuple[float, float], side: int) -> np.ndarray:
@@ -163,7 +163,7 @@ def top_images_figure(view: DataView, index: int) -> Figure:
         labels.append(f"channel {t.channel}\n" + ", ".join(classes[:3]) + ("\n" + ", ".join(classes[3:]) if classes[3:] else ""))
     cols = [f"#{j + 1}" for j in range(max(len(t) for t in tiles))]
     return _mosaic_figure(_mosaic(tiles, 72), f"{d.cut.name}: top images per channel ({side}px crops around the "
-                          "strongest response)", labels, cols, 72, scale=0.012)
+                          "strongest response)", labels, cols, 72, scale=0.016)
 
 
 def map_figure(view: DataView, index: int) -> Figure:
