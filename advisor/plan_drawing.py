@@ -296,7 +296,7 @@ def _draw(ax, net: PlanNetwork) -> None:
     if net.cut is not None:
         idx = next((i for i, b in enumerate(net.blocks) if b.name == net.cut), None)
         if idx is not None:
-            ax.axvline(idx + 1, color="#d62728", ls="--", lw=1.2)
+            ax.plot([idx + 1, idx + 1], [-0.05, top + 0.1], color="#d62728", ls="--", lw=1.2)
             ax.text(idx + 1, top + 0.1, f"cut: {net.cut} (depth {net.cut_depth or 0:.2f})", color="#d62728",
                     fontsize=7, ha="center", va="bottom")
     ax.set_xlim(-0.1, n + 0.1)
