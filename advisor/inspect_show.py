@@ -175,6 +175,8 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     from sklearn.decomposition import PCA
 
     z = standardize(x)
+    if not np.any(z):  # constant features (e.g. dead units of an untrained network): nothing to project
+        return np.zeros((len(z), 2), "float32"), (0.0, 0.0)
     k = min(2, z.shape[0], z.shape[1])
     pca = PCA(n_components=k, svd_solver="randomized" if min(z.shape) > 50 else "full", random_state=0)
     coords = pca.fit_transform(z)
@@ -210,7 +212,8 @@ def _feature_images(labels: np.ndarray, k: int) -> list[int]:
 
 
 def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | ImageSample, *,
-         weights: str = "none", per_class: int = DEFAULT_PER_CLASS, cap: int = DEFAULT_CAP,
+         weights: str = "none", input_size: int | None = None, per_class: int = DEFAULT_PER_CLASS,
+         cap: int = DEFAULT_CAP,
          size: int | None = None, seed: int = 0, safe_mode: bool = True, images: int = 3,
          channels: int = 6, top: int = 5, maps: int = MAP_DEPTHS, shown_maps: int = 8,
          batch_size: int = 32) -> DataView:
@@ -220,6 +223,7 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
         model: a `keras.Model`, a model file or a `keras.applications` name.
         dataset: a folder `root/<class>/<images>` (or an `ImageSample`).
         weights: for a `keras.applications` name: `none`, `imagenet` or a weights file.
+        input_size: for a `keras.applications` name: build it for `N x N x 3` inputs.
         per_class, cap: the sample: up to `per_class` images per class, `cap` in all.
         size: input size for models that accept any size (default 160, as `advise`).
         seed: seed of the sample.
@@ -239,7 +243,9 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    net = model if isinstance(model, keras.Model) else load_model(model, weights=weights, safe_mode=safe_mode)
+    shape = (input_size, input_size, 3) if input_size else None
+    net = model if isinstance(model, keras.Model) else load_model(model, weights=weights, input_shape=shape,
+                                                                  safe_mode=safe_mode)
     source = str(model) if not isinstance(model, keras.Model) else net.name
     graph = layer_graph(net)
     seconds["load"] = time.perf_counter() - t

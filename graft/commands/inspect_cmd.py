@@ -102,7 +102,7 @@ def render(data: dict, console: Console) -> None:
 
 def show_model(model_source: str, dataset: str, out_dir: str | None = None, weights: str = "none",
                per_class: int | None = None, cap: int | None = None, size: int | None = None,
-               safe_mode: bool = True):
+               safe_mode: bool = True, input_size: int | None = None):
     """`inspect --show`: look at `dataset` through the model and write the page; returns a `ShowReport`."""
     from advisor.inspect_show import DEFAULT_CAP, DEFAULT_PER_CLASS, look
     from advisor.show_page import write_show
@@ -113,7 +113,7 @@ def show_model(model_source: str, dataset: str, out_dir: str | None = None, weig
     if not Path(dataset).is_dir():
         raise InputError(f"Data set folder {dataset} does not exist or is not a folder.")
     out = out_dir or f"inspect-{Path(model_source).stem}-{Path(dataset).resolve().name}"
-    view = look(model_source, dataset, weights=weights, per_class=per_class or DEFAULT_PER_CLASS,
+    view = look(model_source, dataset, weights=weights, input_size=input_size, per_class=per_class or DEFAULT_PER_CLASS,
                 cap=cap or DEFAULT_CAP, size=size, safe_mode=safe_mode)
     return write_show(view, out)
 
@@ -143,7 +143,7 @@ def render_show(report, console: Console) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.show:
         report = show_model(args.model, args.show, args.out, args.weights, args.per_class, args.cap, args.size,
-                            safe_mode=not args.unsafe)
+                            safe_mode=not args.unsafe, input_size=args.input_size)
         if args.json:
             json.dump(report.to_dict(), sys.stdout, indent=1)
             sys.stdout.write("\n")

@@ -135,3 +135,27 @@ def test_bad_input_exits_2_with_one_message(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("graft: error:") and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (DATA / "dog" / "index.html").exists()
+
+
+@pytest.mark.parametrize("factory", ["classic_cnn", "nested_backbone"])
+def test_any_model_inspect_reads(factory, tmp_path):
+    import zoo
+
+    path = tmp_path / f"{factory}.keras"
+    getattr(zoo, factory)().save(path)
+    view = look(str(path), str(DATA), per_class=6)
+    report = write_show(view, tmp_path / "out")
+    assert view.filters is not None and len(view.spatial) >= 1 and report.page.is_file()
+    if factory == "classic_cnn":  # no BatchNormalization: no shift, and the page says why
+        assert all(d.shift is None for d in view.depths) and "no BatchNormalization" in report.page.read_text()
+    else:  # the backbone is nested: its layers are inlined, its BN layers give the shift
+        assert any(d.cut.name.startswith("backbone/") for d in view.depths)
+        assert view.depths[-1].shift is not None
+
+
+def test_a_keras_applications_name_at_a_small_size(tmp_path, capsys):
+    code = cli.main(["inspect", "mobilenetv2", "--weights", "none", "--input-size", "64", "--show", str(DATA),
+                     "--per-class", "4", "--out", str(tmp_path / "page"), "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["image_size"] == [64, 64] and data["first_layer"] == "Conv1" and data["sample"] == 20
