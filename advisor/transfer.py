@@ -86,14 +86,15 @@ def standardize(x: np.ndarray) -> np.ndarray:
 def ridge_loo_predictions(x: np.ndarray, onehot: np.ndarray, alphas) -> list[np.ndarray]:
     """Exact leave-one-out predictions of ridge regressions (with intercept) for each alpha.
 
-    `x` is used as given (standardize it first); one SVD serves every alpha.
+    `x` is used as given (standardize it first); one eigendecomposition serves every alpha: of the
+    smaller Gram matrix (`n x n` or `d x d`), 2-4x faster than an SVD of `x` on a few thousand
+    features. Directions whose squared singular value is below 1e-12 of the largest are dropped:
+    they are rounding noise, and the ridge shrinks them to nothing anyway.
     """
     n = x.shape[0]
     xc = x - x.mean(axis=0)
     yc = onehot - onehot.mean(axis=0)
-    u, s, _ = np.linalg.svd(xc, full_matrices=False)
-    keep = s > 1e-10 * max(1.0, float(s.max(initial=0.0)))
-    u, s2 = u[:, keep], s[keep] ** 2
+    u, s2 = _left_singular(xc)
     uty = u.T @ yc
     out = []
     for alpha in alphas:
@@ -102,6 +103,19 @@ def ridge_loo_predictions(x: np.ndarray, onehot: np.ndarray, alphas) -> list[np.
         h = 1.0 / n + (u**2) @ shrink
         out.append((fitted - h[:, None] * onehot) / (1.0 - h)[:, None])
     return out
+
+
+def _left_singular(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors and squared singular values of `xc` (rank-revealing, noise dropped)."""
+    n, d = xc.shape
+    if d >= n:
+        s2, u = np.linalg.eigh(xc @ xc.T)
+    else:
+        s2, v = np.linalg.eigh(xc.T @ xc)
+    keep = s2 > 1e-12 * max(1e-300, float(s2.max(initial=0.0)))
+    s2 = s2[keep]
+    u = u[:, keep] if d >= n else (xc @ v[:, keep]) / np.sqrt(s2)
+    return u, s2
 
 
 def ridge_loo_correct(x: np.ndarray, y: np.ndarray, classes: int) -> np.ndarray:

@@ -388,7 +388,7 @@ def write_report(
 ) -> Path:
     """Write `report.html`, a single self-contained page describing the run.
 
-    The page has inline CSS and embeds `curves.png` and `confusion.png` from `run_dir` as
+    The page has inline CSS and embeds `plan.png`, `curves.png` and `confusion.png` from `run_dir` as
     base64 `data:` URIs when those files exist (otherwise the images are omitted). All values
     that come from the plan, data or model are HTML-escaped.
 
@@ -445,6 +445,13 @@ def write_report(
             for reason in reasons:
                 add(f"<li>{_e(reason)}</li>")
             add("</ul>")
+
+    drawing = _image_uri(run_dir / "plan.png")
+    if drawing:
+        add("<h3>The plan, drawn</h3>")
+        add("<p>The network from input to output: what was removed, frozen, fine-tuned in each phase, "
+            "reinitialized, and the new head; the runner-up strategy beside it.</p>")
+        add(f"<img alt='the plan drawn as a network' src='{drawing}'>")
 
     # Data
     add("<h2>Data</h2>")

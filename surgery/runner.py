@@ -487,8 +487,11 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         timings["evaluate"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         model_path = _save_model(prepared.model, run_dir / "model.keras")
+        from advisor.plan_drawing import draw_into_run
         from surgery.report import write_run_outputs
 
+        _, drawing_note = draw_into_run(plan, run_dir, safe_mode)  # plan.png, which the report shows
+        notes.extend([drawing_note] if drawing_note else [])
         phases = [dict(p) for p in state["phases"]]
         history = _history_columns(state["history"])
         write_run_outputs(run_dir, history=history, phases=phases, metrics=metrics,

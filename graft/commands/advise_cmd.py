@@ -56,6 +56,22 @@ def _check_out(out: Path, args) -> None:
         raise InputError(f"--out {out} is a folder; give a file name such as {out / 'plan.yaml'}")
 
 
+def _draw_plan(advice, out: Path):
+    """The plan (and its runner-up) drawn as a network into a PNG next to the plan file.
+
+    Returns `(png, networks, note)`; a plan that cannot be drawn (its model will not build) leaves a
+    note instead of failing the advice, which is already written.
+    """
+    from advisor.plan_drawing import draw_plan
+    from graft.errors import GraftError
+
+    try:
+        png, networks = draw_plan(advice.plan, out.with_suffix(".png"), table=advice.rules)
+    except (GraftError, ValueError, TypeError) as exc:
+        return None, [], f"the plan could not be drawn ({type(exc).__name__}: {exc})"
+    return png, networks, ""
+
+
 def run(args) -> int:
     from advisor.advise import advise
     from advisor.plan import save_plan
@@ -115,6 +131,7 @@ def run(args) -> int:
         if status is not None:
             status.stop()
     save_plan(advice.plan, out)
+    drawing, networks, drawing_note = _draw_plan(advice, out)
     if args.plot and advice.embedding is not None:
         from advisor.profile_chart import plot_profile
 
@@ -122,6 +139,8 @@ def run(args) -> int:
     if args.json:
         data = advice.to_dict()
         data["plan_file"] = str(out)
+        data["plan_drawing"] = None if drawing is None else {"file": str(drawing),
+                                                             "networks": [n.to_dict() for n in networks]}
         print(json.dumps(data, indent=1, default=str))
         return 0
     console = make_console()
@@ -138,6 +157,14 @@ def run(args) -> int:
         console.print(trial_table(advice.trial))
     console.print(trace_table(advice.decision))
     console.print(plan_panel(advice.plan, str(out)))
+    if networks:
+        from advisor.plan_drawing import PlanDiagram
+
+        for network in networks:
+            console.print(PlanDiagram(network))
+        console.print(f"Plan drawn in [bold]{drawing}[/] (the chosen strategy and the runner-up, side by side).")
+    elif drawing_note:
+        console.print(f"[yellow]note:[/] {drawing_note}")
     for note in advice.notes:
         console.print(f"[yellow]note:[/] {note}")
     if args.plot and advice.embedding is None:

@@ -151,6 +151,6 @@ def run(args) -> int:
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"Run directory: [bold]{result.run_dir}[/] (model.keras, metrics.json, history.csv, "
-                  "curves.png, confusion.png, report.html)")
+                  "curves.png, confusion.png, plan.png, report.html)")
     sys.stdout.flush()
     return 0

@@ -245,8 +245,8 @@ def test_cli_writes_a_plan_and_json(tmp_path):
     proc = cli(DATA, "--similarity", "0.8", "--set", "augment_below=10", "--out", out, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    # the existing file was replaced, with no temporary file left
-    assert os.listdir(out.parent) == ["plan.yaml"]
+    # the existing file was replaced, with no temporary file left; the plan's drawing is beside it
+    assert sorted(os.listdir(out.parent)) == ["plan.png", "plan.yaml"]
     plan = load_plan(out)
     assert plan.decision.strategy == "truncate_probe"
     assert plan.provenance.overrides == {"augment_below": 10}
