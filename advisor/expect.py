@@ -10,10 +10,13 @@ prints them, docs/bench.md shows the fit):
   (test accuracy the strategy reached - the probe score measured on the training images) over the
   bench's runs. It folds in both the sampling noise of the measured probe and how much the strategy
   adds to (or loses against) a probe. Clipped to [0, 1].
-- **wall time**: `overhead + per_pass x passes / forward_rate`, where `passes` is the strategy's
+- **wall time**: `(overhead + per_pass x passes) / forward_rate`, where `passes` is the strategy's
   compute in forward-pass equivalents (`advisor.advise.estimate_cost`), `forward_rate` the images/s
-  measured here, and `overhead` (model building, evaluation, saving) and `per_pass` (how many forward
-  passes' time one training image-pass takes, decoding and optimizer included) fitted on the bench.
+  of the measurement's forward pass here, and `overhead` (model building, evaluation, saving, in
+  image-passes of that forward) and `per_pass` (the time of one training image-pass relative to one
+  measured forward image: the measurement's network has many outputs and is slower than plain
+  inference) fitted on the bench. Both terms scale with the measured speed, so a faster machine or
+  a smaller network gets a proportionally shorter estimate.
 
 A strategy the bench did not run (a custom rules file's) gets no accuracy range; a data set measured
 without a model gets no time.
@@ -33,9 +36,11 @@ ACCURACY_VS_PROBE: dict[str, tuple[float, float, int]] = {
     "finetune_all": (-0.037, 0.134, 8),
     "finetune_or_scratch": (-0.037, 0.134, 6),
 }
-#: seconds = OVERHEAD_S + PER_PASS x passes / forward_rate (bench/advice.py --calibrate).
-OVERHEAD_S = 5.0
-PER_PASS = 6.0
+#: seconds = (OVERHEAD + PER_PASS x passes) / forward_rate (bench/advice.py --calibrate: least
+#: squares over the bench's graft runs; median error of a single run's time 48 %, on a machine whose
+#: load varied during the bench).
+OVERHEAD = 810.0
+PER_PASS = 0.22
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,6 @@ def expect(strategy: str, passes: int | None, probe_score: float | None,
                      f"strategy did on {runs} EfficientNet-Lite0 bench runs (10th-90th percentile)")
     seconds = None
     if passes is not None and forward_rate:
-        seconds = OVERHEAD_S + PER_PASS * passes / forward_rate
+        seconds = (OVERHEAD + PER_PASS * passes) / forward_rate
         basis.append(f"{passes:,} forward-pass equivalents at {forward_rate:.0f} images/s measured here")
     return Expectation(strategy, acc, seconds, "; ".join(basis) or "nothing measured to estimate from")

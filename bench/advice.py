@@ -306,7 +306,8 @@ def markdown(rep: dict) -> str:
 def calibrate(table: RuleTable, results: Path, measurements: Path, forward_rate: float | None) -> dict:
     """The numbers `advisor.expect` reads: per strategy, the 10th/90th percentile of (test accuracy -
     the measured best-cut probe score) over every graft run with a measurement; and the wall-time fit
-    seconds = overhead + per_pass x passes / forward_rate (least squares over the same runs)."""
+    seconds = (overhead + per_pass x passes) / forward_rate (least squares over the same runs, in
+    seconds, then scaled by the forward rate advise measured on the bench machine)."""
     from advisor.advise import estimate_cost
 
     meas = {(m["task"], m["n"], m["seed"]): m for m in _rows(measurements)}
@@ -331,6 +332,7 @@ def calibrate(table: RuleTable, results: Path, measurements: Path, forward_rate:
     pred = a @ np.array([c0, c1])
     rel = np.abs(pred - np.asarray(ys)) / np.asarray(ys)
     return {"accuracy_vs_probe": acc, "overhead_s": round(float(c0), 2), "seconds_per_pass": float(c1),
+            "overhead": None if not forward_rate else round(float(c0) * forward_rate),
             "per_pass": None if not forward_rate else round(float(c1) * forward_rate, 2),
             "forward_rate": forward_rate, "runs": len(ys),
             "time_error_median": round(float(np.median(rel)), 3), "time_error_p90": round(float(np.percentile(rel, 90)), 3)}
