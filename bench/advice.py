@@ -201,9 +201,11 @@ def fit_thresholds(table: RuleTable, groups: list[Group], strategies, names: lis
     return values
 
 
-def trial_policies(groups: list[Group], trials: list[dict], strategies) -> dict[str, list]:
+def trial_policies(groups: list[Group], trials: list[dict], strategies,
+                   table: RuleTable | None = None) -> dict[str, list]:
     """"rules + trial (B s)" per budget B: each seed's trial winner, scored on that seed's run, with the
-    trial's seconds added to the chosen run's. Only groups whose every seed has a trial row count."""
+    trial's seconds added to the chosen run's. Scored on the seeds that have a trial row (the oracle
+    and the rules' own regret, for comparison, on the same seeds)."""
     out: dict[str, list] = {}
     by_budget: dict[float, dict] = {}
     for t in trials:
@@ -211,16 +213,17 @@ def trial_policies(groups: list[Group], trials: list[dict], strategies) -> dict[
     for budget, rows in sorted(by_budget.items()):
         scored = []
         for g in groups:
-            if not all((g.task, g.n, sd) in rows for sd in g.seeds):
+            seeds = [sd for sd in g.seeds if (g.task, g.n, sd) in rows]
+            picks = {sd: rows[(g.task, g.n, sd)]["winner"] for sd in seeds}
+            if not seeds or not all(p in strategies for p in picks.values()):
                 continue
-            picks = {sd: rows[(g.task, g.n, sd)]["winner"] for sd in g.seeds}
-            if not all(p in strategies for p in picks.values()):
-                continue
-            regret, _ = score(g, picks, strategies)
-            base = float(np.mean([g.sec[sd][BASELINE] for sd in g.seeds]))
-            sec = float(np.mean([g.sec[sd][picks[sd]] + rows[(g.task, g.n, sd)]["seconds"] for sd in g.seeds]))
-            scored.append((regret, sec / base, g.task, g.n,
-                           sum(rows[(g.task, g.n, sd)]["switched"] for sd in g.seeds)))
+            sub = Group(g.task, g.n, seeds, g.acc, g.sec, g.facts)
+            regret, _ = score(sub, picks, strategies)
+            base = float(np.mean([g.sec[sd][BASELINE] for sd in seeds]))
+            sec = float(np.mean([g.sec[sd][picks[sd]] + rows[(g.task, g.n, sd)]["seconds"] for sd in seeds]))
+            rules_regret = score(sub, choices(table, sub), strategies)[0] if table is not None else float("nan")
+            scored.append((regret, sec / base, g.task, g.n, sum(rows[(g.task, g.n, sd)]["switched"] for sd in seeds),
+                           rules_regret, len(seeds)))
         if scored:
             out[f"rules + trial ({budget:g} s)"] = scored
     return out
@@ -260,13 +263,12 @@ def report(table: RuleTable, groups: list[Group], strategies, tune: list[str],
     summary = {name: {"mean_regret": round(float(np.mean([x[0] for x in v])), 2),
                       "within_1": int(sum(x[0] <= 1 for x in v)), "groups": len(v),
                       "time": round(float(np.mean([x[1] for x in v])), 3)} for name, v in policies.items()}
-    for name, v in trial_policies(groups, trials or [], strategies).items():
+    for name, v in trial_policies(groups, trials or [], strategies, table).items():
         summary[name] = {"mean_regret": round(float(np.mean([x[0] for x in v])), 2),
                          "within_1": int(sum(x[0] <= 1 for x in v)), "groups": len(v),
                          "time": round(float(np.mean([x[1] for x in v])), 3),
-                         "switched": int(sum(x[4] for x in v)),
-                         "rules_on_same_groups": round(float(np.mean([r["regret"] for r in rows
-                                                                      if any((r["task"], r["n"]) == x[2:4] for x in v)])), 2)}
+                         "switched": int(sum(x[4] for x in v)), "runs": int(sum(x[6] for x in v)),
+                         "rules_on_same_groups": round(float(np.mean([x[5] for x in v])), 2)}
     if lodo:
         summary["rules, leave-one-domain-out"] = {
             "mean_regret": round(float(np.mean([v["regret"] for v in lodo.values()])), 2),
@@ -289,8 +291,8 @@ def markdown(rep: dict) -> str:
     out += ["", "| policy | mean regret (points) | within 1 point | wall time / always finetune_all |",
             "|---|---|---|---|"]
     for name, s in rep["summary"].items():
-        extra = (f" (switched {s['switched']} times; the rules alone on these groups: {s['rules_on_same_groups']:.2f})"
-                 if "switched" in s else "")
+        extra = (f" ({s['runs']} runs, switched {s['switched']}; the rules alone on the same runs: "
+                 f"{s['rules_on_same_groups']:.2f})" if "switched" in s else "")
         out.append(f"| {name}{extra} | {s['mean_regret']:.2f} | {s['within_1']}/{s['groups']} | {s['time']:.2f} |")
     out += ["", "Accuracy per strategy (mean over seeds) and the facts the rules read (first seed):", "",
             "| task | n | " + " | ".join(rep["strategies"]) + " | similarity | shift_ratio | probe_lift | top_cut_gain |",
