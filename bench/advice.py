@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, action="append", help="only this size (repeatable)")
     parser.add_argument("--tune", default="auto",
                         help="comma-separated thresholds LODO re-chooses; auto: every threshold the "
-                             "strategy rules compare a measured fact with; none: no LODO")
+                             "strategy rules compare a measured fact (or images per class) with; none: no LODO")
     parser.add_argument("--trials", default=str(TRIALS), help="bench/trial.py's rows")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--calibrate", action="store_true",
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
         tune = []
     elif args.tune == "auto":
         measured = {"similarity", "shift_ratio", "shift_early", "shift_late", "probe_lift", "top_cut_gain",
-                    "best_cut_score", "best_cut_depth"}
+                    "best_cut_score", "best_cut_depth", "images_per_class_median"}
         tune = [name for name, facts in tunable(table).items() if set(facts) & measured]
     else:
         tune = [t for t in args.tune.split(",") if t]

@@ -68,7 +68,8 @@ STRATEGY_CASES = {
     "too_few_per_class": ({"images_per_class_min": 3}, "linear_probe", 1, "lp_ft_top", ["small_similar"]),
     "small_similar_low_level_shift": ({"shift_ratio": 1.5}, "lp_ft", 1, "truncate_probe", ["small_similar"]),
     "small_similar": ({}, "truncate_probe", 1, "lp_ft_top", []),
-    "small_different_lower_cut": ({"similarity": 0.2, "top_cut_gain": 0.05, "best_cut_depth": 0.8},
+    "small_different_lower_cut": ({"similarity": 0.2, "top_cut_gain": 0.05, "best_cut_depth": 0.8,
+                                   "images_per_class_median": 10.0},
                                   "truncate_probe", 2, "lp_ft", ["small_different"]),
     "small_different": ({"similarity": 0.2}, "lp_ft", 2, "lp_ft_top", []),
     "small_similarity_unknown": ({"similarity": None, "top_cut_gain": None, "best_cut_depth": None},
@@ -120,7 +121,8 @@ def _classic(f: dict) -> str:
         if sim >= 0.5:
             ratio = f.get("shift_ratio")
             return "small_similar_low_level_shift" if ratio is not None and ratio >= 1.0 else "small_similar"
-        return "small_different_lower_cut" if gain is not None and gain >= 0.03 else "small_different"
+        few = f["images_per_class_median"] < 30
+        return "small_different_lower_cut" if gain is not None and gain >= 0.03 and few else "small_different"
     if sim is None:
         return "large_similarity_unknown"
     if sim >= 0.5:
@@ -131,10 +133,11 @@ def _classic(f: dict) -> str:
 def test_decision_over_a_grid_matches_the_classic_cases(table):
     seen = set()
     grid = itertools.product([50, 9999, 10000, 99999, 100000, 10**6], [None, 0.0, 0.4999, 0.5, 1.0],
-                             [None, 0.0, 0.0299, 0.03, 0.2], [1, 4, 5, 300], [None, 0.3, 0.9999, 1.0, 2.0])
-    for images, sim, gain, per_class_min, ratio in grid:
+                             [None, 0.0, 0.0299, 0.03, 0.2], [1, 4, 5, 300], [None, 0.3, 0.9999, 1.0, 2.0],
+                             [10.0, 29.9, 30.0, 300.0])
+    for images, sim, gain, per_class_min, ratio, median in grid:
         f = facts(images=images, similarity=sim, top_cut_gain=gain, images_per_class_min=per_class_min,
-                  shift_ratio=ratio)
+                  shift_ratio=ratio, images_per_class_median=median)
         d = evaluate(table, f)
         assert d.rule == _classic(f), f
         matched = [t.name for t in d.trace if t.table == "strategy" and t.matched]
@@ -150,8 +153,9 @@ def test_decision_over_a_grid_matches_the_classic_cases(table):
     ({"similarity": 0.4999}, "small_different"),
     ({"images_per_class_min": 4}, "too_few_per_class"),
     ({"images_per_class_min": 5}, "small_similar"),
-    ({"similarity": 0.2, "top_cut_gain": 0.03}, "small_different_lower_cut"),
-    ({"similarity": 0.2, "top_cut_gain": 0.0299}, "small_different"),
+    ({"similarity": 0.2, "top_cut_gain": 0.03, "images_per_class_median": 29.9}, "small_different_lower_cut"),
+    ({"similarity": 0.2, "top_cut_gain": 0.03, "images_per_class_median": 30.0}, "small_different"),
+    ({"similarity": 0.2, "top_cut_gain": 0.0299, "images_per_class_median": 10.0}, "small_different"),
     ({"similarity": 0.2, "top_cut_gain": None}, "small_different"),  # no probe measured
     ({"shift_ratio": 1.0}, "small_similar_low_level_shift"),  # low_level_shift is "at or above"
     ({"shift_ratio": 0.9999}, "small_similar"),
@@ -186,7 +190,7 @@ def test_large_and_different_tries_scratch_only_from_scratch_min_images(table):
 
 def test_reason_with_an_unknown_fact_under_a_format_spec_reads_unknown(table):
     # best_cut_depth is printed with {best_cut_depth:.2f}; unknown must not crash the formatting
-    d = evaluate(table, facts(similarity=0.2, top_cut_gain=0.05, best_cut_depth=None))
+    d = evaluate(table, facts(similarity=0.2, top_cut_gain=0.05, best_cut_depth=None, images_per_class_median=10.0))
     assert d.rule == "small_different_lower_cut"
     assert "depth unknown" in d.reason and "by 0.050" in d.reason
     assert format_reason("{similarity:.2f} vs {similar}", {"similarity": None}, table) == "unknown vs 0.5"
@@ -403,8 +407,8 @@ def _in_default_gap():
     start = DEFAULT_TEXT.index("    - name: large_similarity_unknown")
     text = DEFAULT_TEXT[:start] + DEFAULT_TEXT[DEFAULT_TEXT.index("modifiers:"):]
     return text, line_of(text, "- name: large_different\n"), \
-        "gap in the strategy table: no rule matches images=10000, images_per_class_min=5, shift_ratio=0.5, " \
-        "similarity=unknown"
+        "gap in the strategy table: no rule matches images=10000, images_per_class_median=15, " \
+        "images_per_class_min=5, shift_ratio=0.5, similarity=unknown"
 
 
 def _in_default_never_wins():
@@ -423,11 +427,12 @@ def _in_default_overlap_under_unique():
     return text, line_of(text, "- name: small_different\n"), \
         "overlap in the strategy table (hit_policy unique): rules 'too_few_per_class' (line " \
         f"{line_of(text, '- name: too_few_per_class')}) and 'small_different' both match images=9999, " \
-        "images_per_class_min=4"
+        "images_per_class_median=15, images_per_class_min=4"
 
 
 def _in_default_unknown_reason_placeholder():
-    text = replace_once(DEFAULT_TEXT, "{images_per_class_median:.0f}", "{images_per_class_medain:.0f}")
+    text = replace_once(DEFAULT_TEXT, "{images_per_class_median:.0f}", "{images_per_class_medain:.0f}",
+                        after="name: augment_small_classes")
     return text, line_of(text, "reason: >-", text.index("name: augment_small_classes")), \
         "reason placeholder '{images_per_class_medain}' is not a fact or threshold; did you mean " \
         "'images_per_class_median'?"
@@ -630,7 +635,7 @@ def test_every_operator_evaluates_as_documented():
 
 
 def test_trace_lists_every_rule_and_condition_with_actual_values(table):
-    f = facts(similarity=0.2, top_cut_gain=0.05, best_cut_depth=0.8, imbalance_ratio=4.0)
+    f = facts(similarity=0.2, top_cut_gain=0.05, best_cut_depth=0.8, imbalance_ratio=4.0, images_per_class_median=10.0)
     d = evaluate(table, f)
     assert d.rule == "small_different_lower_cut" and d.also_matched == ["small_different"]
     assert [(t.table, t.name) for t in d.trace] == \
@@ -649,15 +654,16 @@ def test_trace_lists_every_rule_and_condition_with_actual_values(table):
     assert [(c.text, c.actual, c.passed) for c in win.conditions] == [
         ("images < small_dataset (10000)", 2000, True),
         ("similarity < similar (0.5)", 0.2, True),
-        ("top_cut_gain >= cut_gain (0.03)", 0.05, True)]
-    assert [c.threshold for c in win.conditions] == ["small_dataset", "similar", "cut_gain"]
+        ("top_cut_gain >= cut_gain (0.03)", 0.05, True),
+        ("images_per_class_median < cut_below_per_class (30)", 10.0, True)]
+    assert [c.threshold for c in win.conditions] == ["small_dataset", "similar", "cut_gain", "cut_below_per_class"]
     assert [(c.text, c.passed) for c in by_name["large_similar"].conditions] == [
         ("images >= small_dataset (10000)", False), ("similarity >= similar (0.5)", False)]
     assert by_name["class_weights"].matched and by_name["class_weights"].then == {"class_weights": "balanced"}
 
 
 def test_near_misses_are_the_rules_failing_exactly_one_condition(table):
-    d = evaluate(table, facts(similarity=0.2, top_cut_gain=0.01))
+    d = evaluate(table, facts(similarity=0.2, top_cut_gain=0.01, images_per_class_median=10.0))
     assert d.rule == "small_different"
     near = {m["rule"]: m for m in d.near_misses}
     assert near["small_different_lower_cut"] == {
@@ -722,7 +728,7 @@ def cli(tmp_path_factory):
 def test_cli_rules_check_default_exits_0(cli):
     r = cli["check"]
     assert r.returncode == 0, r.stderr
-    assert "ok rules.yaml: rules_version 1, 11 thresholds, 10 strategy rules" in " ".join(r.stdout.split())
+    assert "ok rules.yaml: rules_version 1, 12 thresholds, 10 strategy rules" in " ".join(r.stdout.split())
     assert "every rule can win" in r.stdout
     assert cli["check_set"].returncode == 0, cli["check_set"].stderr
 
