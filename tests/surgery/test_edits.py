@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import max_abs_diff, outputs_of, random_inputs
+from conftest import max_abs_diff, outputs_of, random_inputs, to_numpy
 from zoo import APPLICATIONS, SMALL, classic_cnn, nested_backbone, nested_sequential, two_inputs
 
 from graft.errors import InputError, InvalidCutError, LayerNotFoundError, SurgeryError
@@ -100,7 +100,7 @@ def test_truncate_inside_a_nested_backbone(tmp_path):
     backbone = model.get_layer("backbone")
     inner = keras.Model(backbone.inputs, backbone.get_layer("bb_add").output)
     expected = inner(model.get_layer("scale")(x), training=False)
-    assert max_abs_diff(outputs_of(cut, x), [np.asarray(expected)]) == 0.0
+    assert max_abs_diff(outputs_of(cut, x), [to_numpy(expected)]) == 0.0
     assert_roundtrip(cut, tmp_path, x)
     # The nested call's training=False is kept on every inlined call, and behaves as Keras itself
     # makes it behave in the original model, in both modes.
@@ -117,7 +117,7 @@ def test_truncate_a_functional_backbone_inside_a_sequential():
     x = random_inputs(model)
     base = model.layers[0]
     expected = keras.Model(base.inputs, base.get_layer("pool2").output)(x)
-    assert max_abs_diff(outputs_of(cut, x), [np.asarray(expected)]) == 0.0
+    assert max_abs_diff(outputs_of(cut, x), [to_numpy(expected)]) == 0.0
 
 
 def test_invalid_cut_names_the_nearest_valid_ones():
