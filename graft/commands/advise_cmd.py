@@ -83,6 +83,9 @@ def run(args) -> int:
         if status is not None:
             status.stop()
     save_plan(advice.plan, out)
+    from graft.hardware import device
+
+    dev = device()
     if args.plot and advice.embedding is not None:
         from advisor.profile_chart import plot_profile
 
@@ -90,6 +93,7 @@ def run(args) -> int:
     if args.json:
         data = advice.to_dict()
         data["plan_file"] = str(out)
+        data["device"] = dev.line().removeprefix("device: ")
         print(json.dumps(data, indent=1, default=str))
         return 0
     console = make_console()
@@ -106,5 +110,6 @@ def run(args) -> int:
         console.print(f"[yellow]note:[/] {note}")
     if args.plot and advice.embedding is None:
         console.print("[yellow]note:[/] --plot needs --model (there is no per-depth profile without one)")
+    console.print(dev.line(), markup=False, highlight=False)
     console.print(f"Plan written to [bold]{out}[/]. Run it with: python cli.py apply {out}")
     return 0
