@@ -52,12 +52,44 @@ def _rel_diff(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
+def _reference(model, call_id: str):
+    """The original model's output at a call, computed by Keras itself: a function of the input.
+
+    A call inside a nested model (`outer/inner`, as in ConvNeXt's downsampling blocks) is the nested
+    model's own sub-model applied to what the outer model feeds it; the edited models are flat, so
+    their calls are found by inner name. Raw `keras.ops` nodes (ConvNeXt's residual adds) count.
+    """
+    parts = call_id.split("/")
+    for op in getattr(model, "operations", None) or model.layers:
+        if op.name in (call_id, parts[-1]) and op._inbound_nodes:
+            sub = keras_model(model.inputs, op._inbound_nodes[0].output_tensors[0])
+            return lambda x: sub(x, training=False)
+    outer = model.get_layer(parts[0])
+    feed = keras_model(model.inputs, outer._inbound_nodes[0].input_tensors[0])
+    inner = _reference(outer, "/".join(parts[1:]))
+    return lambda x: inner(feed(x, training=False))
+
+
+def keras_model(inputs, outputs):
+    import keras
+
+    return keras.Model(inputs, outputs)
+
+
 def check_model(ctor: str) -> dict:
     """Run every surgery step on one constructor; returns the result row (never raises)."""
     import keras
     import numpy as np
 
-    from surgery import cut_points, find_head, freeze, layer_graph, reinitialize, replace_head, truncate
+    from surgery import (
+        cut_points,
+        find_head,
+        freeze,
+        layer_graph,
+        reinitialize,
+        replace_head,
+        truncate,
+    )
     from surgery.graph import LayerGraph
 
     def numpy(x):
@@ -97,7 +129,7 @@ def check_model(ctor: str) -> dict:
             cut_model = truncate(graph, cut.name)
             if tuple(cut_model.outputs[0].shape) != tuple(cut.shape):
                 raise AssertionError(f"truncate at {cut.name}: shape {cut_model.outputs[0].shape} != {cut.shape}")
-            expected = keras.Model(model.inputs, model.get_layer(cut.name).output)(x, training=False)
+            expected = _reference(model, cut.name)(x)
             diff = _rel_diff(numpy(cut_model(x, training=False)), numpy(expected))
             worst = max(worst, diff)
             if diff > TOLERANCE:
@@ -125,16 +157,18 @@ def check_model(ctor: str) -> dict:
         t = time.perf_counter()
         last = picks[-1].name
         fresh = reinitialize(graph, from_layer=last, seed=1)
-        before = keras.Model(model.inputs, model.get_layer(last).output)(x, training=False)
-        after = keras.Model(fresh.inputs, fresh.get_layer(last).output)(x, training=False)
+        before = _reference(model, last)(x)
+        after = _reference(fresh, last)(x)
         diff = _rel_diff(numpy(after), numpy(before))
         if diff > TOLERANCE:
             raise AssertionError(f"reinitialize after {last}: the kept part's output differs by {diff:.3g}")
         kept = {graph.calls[c].name for c in graph.ancestors([last])}
+        old = {w.path.split("/")[-2] + "/" + w.name: numpy(w) for w in model.weights}
         changed = any(
-            not np.array_equal(numpy(a), numpy(b))
-            for la in model.layers if la.weights and la.name not in kept
-            for a, b in zip(la.weights, fresh.get_layer(la.name).weights)
+            not np.array_equal(numpy(w), old[key])
+            for la in fresh.layers if la.weights and la.name not in kept
+            for w in la.weights
+            if (key := w.path.split("/")[-2] + "/" + w.name) in old
         )
         if not changed:
             raise AssertionError(f"reinitialize after {last}: no weight changed")
@@ -148,8 +182,7 @@ def check_model(ctor: str) -> dict:
         if tuple(new.outputs[0].shape) != (None, 5):
             raise AssertionError(f"replace_head: output shape {new.outputs[0].shape}")
         feats = head.features.name
-        diff = _rel_diff(numpy(keras.Model(new.inputs, new.get_layer(feats).output)(x, training=False)),
-                         numpy(keras.Model(model.inputs, model.get_layer(feats).output)(x, training=False)))
+        diff = _rel_diff(numpy(_reference(new, feats)(x)), numpy(_reference(model, feats)(x)))
         if diff > TOLERANCE:
             raise AssertionError(f"replace_head: the features at {feats} differ by {diff:.3g}")
         probs = numpy(new(x, training=False))
@@ -207,11 +240,11 @@ def constructors() -> list[str]:
     return sorted(a for a in dir(keras.applications) if a[:1].isupper() and callable(getattr(keras.applications, a)))
 
 
-def run_backend(backend: str, models: list[str], timeout: float) -> None:
+def run_backend(backend: str, models: list[str], timeout: float, redo_failed: bool = False) -> None:
     """Run the worker for `backend` until every model has a row (a crash skips to the next model)."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
     while True:
-        done = {m for (b, m) in read_results() if b == backend}
+        done = {m for (b, m), r in read_results().items() if b == backend and (r["ok"] or not redo_failed)}
         todo = [m for m in models if m not in done]
         if not todo:
             return
@@ -224,6 +257,7 @@ def run_backend(backend: str, models: list[str], timeout: float) -> None:
         rows = read_results()
         if all((backend, m) in rows for m in todo):
             return
+        redo_failed = False  # a crashed model keeps its crash row; go on with the rest
 
 
 def _versions() -> str:
@@ -298,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", help="constructor names (default: every one)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per backend process")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results")
+    ap.add_argument("--redo-failed", action="store_true", help="measure again the models that failed")
     ap.add_argument("--table-only", action="store_true", help="only rewrite docs/architectures.md")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -313,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.unlink()
     if not args.table_only:
         for backend in args.backends:
-            run_backend(backend, models, args.timeout)
+            run_backend(backend, models, args.timeout, args.redo_failed)
             write_table(all_models, list(BACKENDS))
     print(write_table(all_models, list(BACKENDS)))
     return 0

@@ -74,6 +74,7 @@ def test_candidate_cuts_are_stage_ends_before_the_head():
     assert [c.depth for c in deep] == sorted(c.depth for c in deep)
 
 
+@pytest.mark.backends
 def test_one_pass_matches_truncated_models():
     """The pooled features and BN-input moments equal those of separately truncated models."""
     model = cifar_cnn()
@@ -104,6 +105,7 @@ def test_single_channel_arrays_are_repeated_and_resized():
         embed(model, np.zeros((2, 8, 8, 2)))
 
 
+@pytest.mark.backends
 def test_embed_a_folder_sample():
     sample = sample_dataset(CIFAR_B, per_class=4)
     emb = embed(cnn_graph(), sample, batch_size=7)

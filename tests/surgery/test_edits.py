@@ -64,7 +64,15 @@ def reference(model, call_id):
 FLAT = {k: v for k, v in {**SMALL, **APPLICATIONS}.items() if k not in ("nested_backbone", "nested_sequential")}
 
 
-@pytest.mark.parametrize("name", sorted(FLAT))
+#: the part of the zoo the extra-backend subset runs (`-m backends`, .ci/run)
+BACKENDS_SUBSET = ("classic_cnn", "shared_layer", "two_inputs", "resnet50", "mobilenetv2")
+
+
+def _subset(names):
+    return [pytest.param(n, marks=pytest.mark.backends) if n in BACKENDS_SUBSET else n for n in names]
+
+
+@pytest.mark.parametrize("name", _subset(sorted(FLAT)))
 def test_truncate_keeps_the_part_exact(name, tmp_path):
     keras.utils.set_random_seed(2)
     model = FLAT[name]()
@@ -92,6 +100,7 @@ def test_truncate_by_index_and_depth():
     assert by_depth.outputs[0].shape == (None, 8, 8, 32)  # nearest to depth 0.5: pool2 (4/9)
 
 
+@pytest.mark.backends
 def test_truncate_inside_a_nested_backbone(tmp_path):
     keras.utils.set_random_seed(3)
     model = nested_backbone()
@@ -133,6 +142,7 @@ def test_invalid_cut_names_the_nearest_valid_ones():
         truncate(model, 1.5)
 
 
+@pytest.mark.backends
 def test_freeze_up_to_and_unfreeze_from(tmp_path):
     model = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), classes=4)
     frozen = freeze(model, up_to="block_6_project_BN")
@@ -157,6 +167,7 @@ def test_freeze_up_to_and_unfreeze_from(tmp_path):
     assert trainable_layers(top_follow)["Conv_1_bn"]
 
 
+@pytest.mark.backends
 def test_frozen_batchnorm_runs_in_inference_mode():
     model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=3)
     frozen = freeze(model, bn="freeze")  # everything frozen
@@ -179,6 +190,7 @@ def test_freeze_by_pattern_and_errors():
         freeze(model, bn="sometimes")
 
 
+@pytest.mark.backends
 def test_reinitialize_uses_the_layers_own_initializers():
     keras.utils.set_random_seed(4)
     model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=3)
@@ -202,7 +214,7 @@ def test_reinitialize_from_a_layer_on():
         assert not np.array_equal(fresh.get_layer(name).get_weights()[0], model.get_layer(name).get_weights()[0])
 
 
-@pytest.mark.parametrize("name", ["classic_cnn", "resnet50", "efficientnetb0", "vgg16", "nested_backbone"])
+@pytest.mark.parametrize("name", _subset(["classic_cnn", "resnet50", "efficientnetb0", "vgg16", "nested_backbone"]))
 def test_replace_head(name, tmp_path):
     keras.utils.set_random_seed(5)
     model = {**SMALL, **APPLICATIONS}[name]()
@@ -238,6 +250,7 @@ def test_attach_head_to_a_headless_backbone():
         attach_head(base, classes=0)
 
 
+@pytest.mark.backends
 def test_insert_replace_delete(tmp_path):
     keras.utils.set_random_seed(6)
     model = classic_cnn()
