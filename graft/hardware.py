@@ -110,12 +110,16 @@ def _tensorflow() -> tuple[int, str, tuple[int, int] | None, str]:
         details = tf.config.experimental.get_device_details(gpus[0])
         cap = details.get("compute_capability")
         return len(gpus), details.get("device_name", "GPU"), tuple(cap) if cap else None, ""
-    if _installed("tensorflow-cpu") or not tf.test.is_built_with_cuda():
-        wheel = "tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow"
-        return 0, "", None, (f"no GPU: the CPU-only TensorFlow wheel ({wheel}) is installed; for CUDA, "
-                             "pip install -e '.[gpu]' (tensorflow[and-cuda]), or use KERAS_BACKEND=jax or torch "
-                             "with their CUDA builds (docs/backends.md)")
-    return 0, "", None, _no_gpu_with_cuda_build("TensorFlow")
+    if tf.test.is_built_with_cuda():
+        return 0, "", None, _no_gpu_with_cuda_build("TensorFlow")
+    if _installed("tensorflow-cpu") and _installed("tensorflow"):
+        return 0, "", None, ("no GPU: tensorflow and tensorflow-cpu are both installed and the CPU-only files "
+                             "won; pip uninstall -y tensorflow-cpu, then pip install --force-reinstall --no-deps "
+                             f"tensorflow=={tf.__version__} (docs/backends.md)")
+    wheel = "tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow, built without CUDA"
+    return 0, "", None, (f"no GPU: the CPU-only TensorFlow wheel ({wheel}) is installed; for a GPU use "
+                         "KERAS_BACKEND=jax or torch with their CUDA builds (pip install -e '.[gpu-jax]' or "
+                         "'.[gpu-torch]'), or TensorFlow's CUDA build (pip install -e '.[gpu]'); see docs/backends.md")
 
 
 def _jax() -> tuple[int, str, tuple[int, int] | None, str]:
