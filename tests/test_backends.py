@@ -9,7 +9,6 @@ subprocesses, for the ones installed (`pip install -e ".[backends]"`).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -143,9 +142,6 @@ def test_apply_reports_the_device_and_the_resolved_settings(tmp_path):
     assert " ".join(d.line().split()) in " ".join(proc.stdout.split())  # rich may wrap the line
     assert f"mixed precision {'on' if d.auto_mixed_precision() else 'off'} (auto)" in proc.stdout
     assert f"jit_compile {'on' if d.auto_jit_compile() else 'off'} (auto)" in proc.stdout
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "apply", str(plan_file), "--dry-run", "--json"],
-                          capture_output=True, text=True, env=_env(keras.backend.backend()), cwd=tmp_path,
-                          timeout=300)
-    data = json.loads(proc.stdout)
-    assert data["device"] == d.line().removeprefix("device: ")
-    assert data["jit_compile"] is d.auto_jit_compile() and data["mixed_precision"] is d.auto_mixed_precision()
+    result = run(plan, dry_run=True)  # what --json prints
+    assert result.device == d.line().removeprefix("device: ")
+    assert result.jit_compile is d.auto_jit_compile() and result.mixed_precision is d.auto_mixed_precision()

@@ -166,7 +166,6 @@ def test_discriminative_rates_scale_each_variables_step():
     assert not np.allclose(plain[0], 0)
 
 
-@pytest.mark.backends
 def test_resume_continues_from_last_completed_epoch(tmp_path):
     phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=1e-3, solver="gradient"),
               Phase(name="finetune", trainable="all", epochs=3, learning_rate=1e-4)]
