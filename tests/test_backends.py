@@ -145,3 +145,11 @@ def test_apply_reports_the_device_and_the_resolved_settings(tmp_path):
     result = run(plan, dry_run=True)  # what --json prints
     assert result.device == d.line().removeprefix("device: ")
     assert result.jit_compile is d.auto_jit_compile() and result.mixed_precision is d.auto_mixed_precision()
+
+
+def test_advise_prints_the_device_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "advise", str(DATA), "--similarity", "0.8",
+                           "--out", str(tmp_path / "plan.yaml")],
+                          capture_output=True, text=True, env=_env(keras.backend.backend()), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert " ".join(device().line().split()) in " ".join(proc.stdout.split())
