@@ -198,10 +198,15 @@ def check_model(ctor: str) -> dict:
     return row
 
 
+#: Models one worker process checks before it exits and the parent starts a fresh one: Keras keeps
+#: memory from model to model (tens of GB over the whole list).
+MODELS_PER_PROCESS = 3
+
+
 def worker(models: list[str], results: Path) -> None:
     import gc
 
-    for ctor in models:
+    for ctor in models[:MODELS_PER_PROCESS]:
         with results.open("a") as f:  # the start mark: a crash is blamed on this model
             f.write(json.dumps({"model": ctor, "backend": os.environ["KERAS_BACKEND"], "started": True}) + "\n")
         row = check_model(ctor)
@@ -243,8 +248,11 @@ def constructors() -> list[str]:
 def run_backend(backend: str, models: list[str], timeout: float, redo_failed: bool = False) -> None:
     """Run the worker for `backend` until every model has a row (a crash skips to the next model)."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    before = read_results()
     while True:
-        done = {m for (b, m), r in read_results().items() if b == backend and (r["ok"] or not redo_failed)}
+        # done: a row, unless it is a failure from before this call and failures are to be redone
+        done = {m for (b, m), r in read_results().items()
+                if b == backend and (r["ok"] or not redo_failed or r != before.get((b, m)))}
         todo = [m for m in models if m not in done]
         if not todo:
             return
@@ -253,11 +261,8 @@ def run_backend(backend: str, models: list[str], timeout: float, redo_failed: bo
             subprocess.run(cmd, env=env, cwd=ROOT, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             pass
-        # a model started but never finished (crash or timeout) now has its crash row; go on past it
-        rows = read_results()
-        if all((backend, m) in rows for m in todo):
-            return
-        redo_failed = False  # a crashed model keeps its crash row; go on with the rest
+        # a model started but never finished (crash or timeout) now has its crash row: the next
+        # worker goes on past it
 
 
 def _versions() -> str:
