@@ -403,7 +403,6 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     from graft.hardware import device
 
     dev = device()
-    reporter.message(dev.line())
     mixed = _setting(plan.training.mixed_precision, dev.auto_mixed_precision())
     jit = _setting(plan.training.jit_compile, dev.auto_jit_compile())
     notes = list(data.notes)
@@ -415,6 +414,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     graph = layer_graph(prepared.model)
     for ph in plan.training.phases:  # a bad `trainable` fails now, before the run directory exists
         trainable_region(graph, prepared.head, ph.trainable)
+    reporter.message(dev.line())  # once the plan is known to run: an error stays one line
     timings["load_and_surgery"] = time.perf_counter() - t0
     splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
     result = RunResult(run_dir=run_dir, model_path=None, splits=splits, resumed=resumed,
