@@ -303,6 +303,12 @@ def write_table(models: list[str], backends: list[str], path: Path = DOC) -> str
     if missing:
         lines += [f"**Not measured yet:** the {', '.join(missing)} column(s) (the run did not reach them); "
                   "rerun `python bench/architectures.py --backends " + " ".join(missing) + "`.", ""]
+    partial = {b: [m for m in models if (b, m) not in rows] for b in measured}
+    for b, left in partial.items():
+        if left:
+            lines += [f"**Not measured yet under {b}:** {len(left)} of {len(models)} models (\"not run\" below: the "
+                      f"run was stopped for time, nothing failed there); `python bench/architectures.py --backends {b}` "
+                      "measures them and keeps the rows above.", ""]
     head = "| model | params | layers | cut points | " + " | ".join(measured) + " |"
     lines += [head, "|---|---:|---:|---:|" + "---|" * len(measured)]
     passed = {b: 0 for b in measured}
