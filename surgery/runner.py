@@ -414,7 +414,6 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     graph = layer_graph(prepared.model)
     for ph in plan.training.phases:  # a bad `trainable` fails now, before the run directory exists
         trainable_region(graph, prepared.head, ph.trainable)
-    reporter.message(dev.line())  # once the plan is known to run: an error stays one line
     timings["load_and_surgery"] = time.perf_counter() - t0
     splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
     result = RunResult(run_dir=run_dir, model_path=None, splits=splits, resumed=resumed,

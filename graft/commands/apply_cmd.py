@@ -150,6 +150,7 @@ def run(args) -> int:
         console.print("Dry run: nothing was trained or written.")
         return 0
     console.print(_phase_table(result))
+    console.print(_device_line(result, plan), markup=False, highlight=False)
     if result.fallback:
         console.print(f"fallback trial: {result.fallback['reason']}")
     m = result.metrics
