@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,16 @@ def _fresh_name(base: str, taken: set[str]) -> str:
     return name
 
 
+def _dropout_seed() -> int:
+    """The seed Keras would draw for an unseeded Dropout (so TensorFlow and JAX runs are unchanged).
+
+    Passed explicitly because under PyTorch an unseeded Dropout draws from torch's global generator,
+    whose state a checkpoint does not hold; a seeded one keeps its state in a `seed_generator_state`
+    variable, which `apply` checkpoints, so a resumed run draws the same masks.
+    """
+    return random.randint(1, int(1e9))
+
+
 def build_head(x, spec: HeadSpec, taken: set[str]):
     """Apply a new head to tensor `x`; returns (output tensor, the head's layers)."""
     created = []
@@ -108,10 +119,11 @@ def build_head(x, spec: HeadSpec, taken: set[str]):
         x = add(pool(name=_fresh_name("head_pool", taken)))(x)
     for i, units in enumerate(spec.hidden, start=1):
         if spec.dropout:
-            x = add(keras.layers.Dropout(spec.dropout, name=_fresh_name(f"head_dropout_{i}", taken)))(x)
+            x = add(keras.layers.Dropout(spec.dropout, seed=_dropout_seed(),
+                                           name=_fresh_name(f"head_dropout_{i}", taken)))(x)
         x = add(keras.layers.Dense(units, activation="relu", name=_fresh_name(f"head_dense_{i}", taken)))(x)
     if spec.dropout:
-        x = add(keras.layers.Dropout(spec.dropout, name=_fresh_name("head_dropout", taken)))(x)
+        x = add(keras.layers.Dropout(spec.dropout, seed=_dropout_seed(), name=_fresh_name("head_dropout", taken)))(x)
     # float32 outputs even under a mixed-precision policy (a float16 softmax loses small probabilities)
     x = add(keras.layers.Dense(spec.classes, activation=spec.activation, dtype="float32",
                                name=_fresh_name("head_predictions", taken)))(x)

@@ -167,7 +167,9 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
             _initialize_like(source, clone)
             continue
         for target, value in zip(clone.weights, source.weights):
-            target.assign(value)
+            # a copy, not the source's buffer: under JAX, a compiled predict or fit of the new model
+            # donates its variables' buffers, which would delete the input model's weights
+            target.assign(keras.ops.copy(value.value))
     if reshaped:
         warnings.warn(
             f"{len(reshaped)} layer(s) were reinitialized because the edit changed their input "

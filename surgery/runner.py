@@ -87,6 +87,9 @@ class RunResult:
         dry_run: whether nothing was trained.
         summary: the edited model's summary.
         notes: things worth knowing (skipped files, settings not applied and why).
+        device: the device trained on, the Keras backend, and why (`graft.hardware.Device.line`).
+        mixed_precision: whether float16 compute was used (`training.mixed_precision` resolved).
+        jit_compile: whether the training step was compiled (`training.jit_compile` resolved).
     """
 
     run_dir: Path
@@ -101,6 +104,9 @@ class RunResult:
     dry_run: bool = False
     summary: str = ""
     notes: list[str] = field(default_factory=list)
+    device: str = ""
+    mixed_precision: bool = False
+    jit_compile: bool = False
 
 
 class Reporter:
@@ -162,13 +168,25 @@ def _setting(value: str, auto: bool) -> bool:
     return {"on": True, "off": False}.get(value, auto)
 
 
+def check_backend(plan) -> None:
+    """Refuse, before anything runs, what the plan asks for that the active Keras backend cannot do.
+
+    Raises:
+        PlanError: `training.distribution` other than `none` under JAX or PyTorch (graft distributes
+            with `tf.distribute`, which only the TensorFlow backend has).
+    """
+    backend = keras.backend.backend()
+    distribution = plan.training.distribution
+    if distribution != "none" and backend != "tensorflow":
+        raise PlanError(f"training.distribution: {distribution} needs the TensorFlow backend (graft distributes "
+                        f"with tf.distribute); KERAS_BACKEND is {backend}. Set distribution: none (one device), "
+                        "or run with KERAS_BACKEND=tensorflow")
+
+
 def _strategy_scope(distribution: str):
-    """The `tf.distribute` strategy the plan names, or None."""
+    """The `tf.distribute` strategy the plan names, or None (`check_backend` ran before)."""
     if distribution == "none":
         return None
-    if keras.backend.backend() != "tensorflow":
-        raise PlanError(f"training.distribution: {distribution} needs the TensorFlow backend "
-                        f"(KERAS_BACKEND is {keras.backend.backend()}); set distribution: none")
     import tensorflow as tf
 
     if distribution == "mirrored":
@@ -360,6 +378,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
 
     reporter = reporter or Reporter()
     plan = _plan_of(plan)
+    check_backend(plan)
     run_dir = Path(out_dir if out_dir is not None else plan.outputs.dir)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -381,11 +400,11 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     def scope():
         return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
-    from graft.hardware import gpu_count
+    from graft.hardware import device
 
-    gpu = gpu_count() > 0
-    mixed = _setting(plan.training.mixed_precision, gpu)
-    jit = _setting(plan.training.jit_compile, gpu)
+    dev = device()
+    mixed = _setting(plan.training.mixed_precision, dev.auto_mixed_precision())
+    jit = _setting(plan.training.jit_compile, dev.auto_jit_compile())
     notes = list(data.notes)
     keras.utils.set_random_seed(plan.data.seed)  # the new head's initial weights, dropout, shuffles
     with scope():
@@ -398,7 +417,8 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     timings["load_and_surgery"] = time.perf_counter() - t0
     splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
     result = RunResult(run_dir=run_dir, model_path=None, splits=splits, resumed=resumed,
-                       summary=_summary(prepared.model), notes=notes + prepared.notes)
+                       summary=_summary(prepared.model), notes=notes + prepared.notes,
+                       device=dev.line().removeprefix("device: "), mixed_precision=mixed, jit_compile=jit)
     if dry_run:
         result.dry_run = True
         for index, ph in enumerate(plan.training.phases):
@@ -499,6 +519,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
                           model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
                           extra={"preprocessing": prepared.preprocessing, "splits": splits,
                                  "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
+                                 "device": result.device, "backend": keras.backend.backend(),
                                  "distribution": plan.training.distribution, "resumed": resumed,
                                  "notes": notes})
         timings["write"] = time.perf_counter() - t2
@@ -899,4 +920,4 @@ def _save_model(model: keras.Model, path: Path) -> Path:
     return path
 
 
-__all__ = ["PhaseReport", "Reporter", "RunResult", "run"]
+__all__ = ["PhaseReport", "Reporter", "RunResult", "check_backend", "run"]

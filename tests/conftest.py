@@ -25,10 +25,17 @@ def random_inputs(model, batch: int = 2, seed: int = 0):
     return xs if len(xs) > 1 else xs[0]
 
 
+def to_numpy(x) -> np.ndarray:
+    """A backend tensor (a torch tensor that requires grad, a jax array, ...) as a NumPy array."""
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
 def outputs_of(model, x, training: bool = False) -> list[np.ndarray]:
     out = model(x, training=training)
     out = out if isinstance(out, (list, tuple)) else [out]
-    return [np.asarray(o) for o in out]
+    return [to_numpy(o) for o in out]
 
 
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

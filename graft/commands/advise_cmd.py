@@ -132,6 +132,9 @@ def run(args) -> int:
             status.stop()
     save_plan(advice.plan, out)
     drawing, networks, drawing_note = _draw_plan(advice, out)
+    from graft.hardware import device
+
+    dev = device()
     if args.plot and advice.embedding is not None:
         from advisor.profile_chart import plot_profile
 
@@ -141,6 +144,7 @@ def run(args) -> int:
         data["plan_file"] = str(out)
         data["plan_drawing"] = None if drawing is None else {"file": str(drawing),
                                                              "networks": [n.to_dict() for n in networks]}
+        data["device"] = dev.line().removeprefix("device: ")
         print(json.dumps(data, indent=1, default=str))
         return 0
     console = make_console()
@@ -169,5 +173,6 @@ def run(args) -> int:
         console.print(f"[yellow]note:[/] {note}")
     if args.plot and advice.embedding is None:
         console.print("[yellow]note:[/] --plot needs --model (there is no per-depth profile without one)")
+    console.print(dev.line(), markup=False, highlight=False)
     console.print(f"Plan written to [bold]{out}[/]. Run it with: python cli.py apply {out}")
     return 0

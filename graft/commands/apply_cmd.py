@@ -6,6 +6,7 @@ import json
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from graft.console import make_console
@@ -67,7 +68,7 @@ class _ConsoleReporter:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]{text}[/]")
+            self.console.print(f"[dim]{escape(text)}[/]")
 
     def epoch(self, phase: str, epoch: int, epochs: int, logs: dict, seconds: float) -> None:
         if self.quiet:
@@ -92,6 +93,17 @@ def _phase_table(result) -> Table:
                   f"{p.trainable_params:,}", f"{p.frozen_params:,}", "yes" if p.bottleneck else "no",
                   f"{p.images_per_second:,.0f}" if p.images_per_second else "-")
     return t
+
+
+def _device_line(result, plan) -> str:
+    t = plan.training
+
+    def setting(name: str, value: bool, asked: str) -> str:
+        return f"{name} {'on' if value else 'off'}{' (auto)' if asked == 'auto' else ''}"
+
+    return (f"device: {result.device}\n"
+            f"{setting('mixed precision', result.mixed_precision, t.mixed_precision)}, "
+            f"{setting('jit_compile', result.jit_compile, t.jit_compile)} (docs/backends.md)")
 
 
 def run(args) -> int:
@@ -121,7 +133,8 @@ def run(args) -> int:
                "dry_run": result.dry_run, "resumed": result.resumed, "splits": result.splits,
                "phases": [p.__dict__ for p in result.phases], "metrics": result.metrics,
                "epochs": len(result.history), "fallback": result.fallback, "timings": result.timings,
-               "notes": result.notes}
+               "notes": result.notes, "device": result.device, "mixed_precision": result.mixed_precision,
+               "jit_compile": result.jit_compile}
         print(json.dumps(out, indent=1, default=str))
         return 0
     console = make_console()
@@ -133,9 +146,11 @@ def run(args) -> int:
         console.print(f"data: {result.splits['train']} train, {result.splits['val']} validation, "
                       f"{result.splits['test']} test images")
         console.print(_phase_table(result))
+        console.print(_device_line(result, plan), markup=False, highlight=False)
         console.print("Dry run: nothing was trained or written.")
         return 0
     console.print(_phase_table(result))
+    console.print(_device_line(result, plan), markup=False, highlight=False)
     if result.fallback:
         console.print(f"fallback trial: {result.fallback['reason']}")
     m = result.metrics

@@ -187,6 +187,7 @@ def test_missing_data_set_is_a_dataset_error(tmp_path):
         advise(tmp_path / "nope", similarity=0.8)
 
 
+@pytest.mark.backends
 def test_model_gives_measured_similarity(measured):
     f = measured.facts
     assert f["similarity_method"] == "bn_stats"
@@ -199,6 +200,7 @@ def test_model_gives_measured_similarity(measured):
     assert "note" not in measured.plan.decision.similarity
 
 
+@pytest.mark.backends
 def test_model_facts_reach_the_plan(measured):
     m = measured.model
     assert (m.name, m.input_size, m.channels, m.has_batchnorm) == ("cifar_a_cnn", (32, 32), 3, True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import to_numpy
 from embedding_fixtures import CIFAR_B, cifar_cnn, cnn_graph
 from PIL import Image
 
@@ -73,6 +74,7 @@ def test_candidate_cuts_are_stage_ends_before_the_head():
     assert [c.depth for c in deep] == sorted(c.depth for c in deep)
 
 
+@pytest.mark.backends
 def test_one_pass_matches_truncated_models():
     """The pooled features and BN-input moments equal those of separately truncated models."""
     model = cifar_cnn()
@@ -82,10 +84,10 @@ def test_one_pass_matches_truncated_models():
     assert emb.images == 6 and emb.stat_kind == "bn_input"
     assert emb.preprocessing == "inside the model (rescaling)"
     for cut in emb.cuts:
-        ref = np.asarray(truncate(model, cut.name)(x)).mean(axis=(1, 2))
+        ref = to_numpy(truncate(model, cut.name)(x)).mean(axis=(1, 2))
         np.testing.assert_allclose(emb.features[cut.name], ref, rtol=1e-4, atol=1e-4)
     bn = "block2_bn1"  # its input is block2_conv1's output
-    conv = np.asarray(truncate(model, "block2_conv1")(x))
+    conv = to_numpy(truncate(model, "block2_conv1")(x))
     np.testing.assert_allclose(emb.stat_mean[bn], conv.mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(emb.stat_sqmean[bn], (conv**2).mean(axis=(1, 2)), rtol=1e-4, atol=1e-3)
     assert emb.stat_layers[0] == "block1_bn1" and emb.stat_depths == sorted(emb.stat_depths)
@@ -94,7 +96,7 @@ def test_one_pass_matches_truncated_models():
 def test_single_channel_arrays_are_repeated_and_resized():
     model = cifar_cnn()
     gray = np.random.default_rng(1).uniform(0, 255, size=(3, 8, 8, 1)).astype("float32")
-    rgb = np.asarray(keras.ops.image.resize(np.repeat(gray, 3, axis=-1), (32, 32)))
+    rgb = to_numpy(keras.ops.image.resize(np.repeat(gray, 3, axis=-1), (32, 32)))
     a = embed(model, gray)
     b = embed(model, rgb)
     for name in a.features:
@@ -103,6 +105,7 @@ def test_single_channel_arrays_are_repeated_and_resized():
         embed(model, np.zeros((2, 8, 8, 2)))
 
 
+@pytest.mark.backends
 def test_embed_a_folder_sample():
     sample = sample_dataset(CIFAR_B, per_class=4)
     emb = embed(cnn_graph(), sample, batch_size=7)

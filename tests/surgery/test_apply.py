@@ -107,6 +107,7 @@ def test_case2_small_different_cut_early_frozen(tmp_path, original):
     assert result.metrics["accuracy"] > CHANCE + 0.1
 
 
+@pytest.mark.backends
 def test_case3_large_similar_finetune_all_with_discriminative_rates(tmp_path, original):
     phases = [Phase(name="head", trainable="head", epochs=2, learning_rate=3e-3, solver="gradient"),
               Phase(name="finetune", trainable="all", epochs=2, learning_rate=1e-3, backbone_learning_rate=1e-4)]
@@ -270,6 +271,11 @@ print("RESULT", result.metrics["accuracy"], len(result.history), result.phases[0
 """
 
 
+TF_ONLY = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                             reason="tf.distribute needs the TensorFlow backend (tests/test_backends.py checks the refusal)")
+
+
+@TF_ONLY
 def test_mirrored_distribution_on_two_logical_cpus(tmp_path):
     phases = [Phase(name="head", trainable="head", epochs=1, learning_rate=3e-3),
               Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3, backbone_learning_rate=1e-4)]
@@ -286,6 +292,7 @@ def test_mirrored_distribution_on_two_logical_cpus(tmp_path):
     keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
 
 
+@TF_ONLY
 def test_multi_worker_is_refused_with_the_reason(tmp_path):
     plan = make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=1)])
     plan.training.distribution = "multi_worker"
@@ -294,6 +301,7 @@ def test_multi_worker_is_refused_with_the_reason(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.backends
 def test_mixed_precision_on_computes_in_float16_and_saves_float32_outputs(tmp_path):
     plan = make_plan(tmp_path / "run", [Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3)])
     plan.training.mixed_precision = "on"
@@ -313,6 +321,7 @@ def test_same_plan_and_seed_repeat_exactly(tmp_path):
     assert same(a, b) and results[0].metrics == results[1].metrics
 
 
+@pytest.mark.backends
 def test_resume_inside_a_bottleneck_phase_matches_an_uninterrupted_run(tmp_path):
     phases = [Phase(name="head", trainable="head", epochs=4, learning_rate=3e-3, solver="gradient")]
     whole_plan, plan = make_plan(tmp_path / "whole", phases), make_plan(tmp_path / "split", phases)
@@ -340,6 +349,7 @@ def test_data_over_the_cache_budget_streams_from_disk(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ recipes
 
 
+@pytest.mark.backends
 def test_head_phase_is_a_convex_fit_on_features_even_with_augmentation(tmp_path, original):
     plan = make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=8)],
                      augmentation={"flip": "horizontal"})

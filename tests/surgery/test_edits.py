@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import max_abs_diff, outputs_of, random_inputs
+from conftest import max_abs_diff, outputs_of, random_inputs, to_numpy
 from zoo import APPLICATIONS, SMALL, classic_cnn, nested_backbone, nested_sequential, two_inputs
 
 from graft.errors import InputError, InvalidCutError, LayerNotFoundError, SurgeryError
@@ -64,7 +64,15 @@ def reference(model, call_id):
 FLAT = {k: v for k, v in {**SMALL, **APPLICATIONS}.items() if k not in ("nested_backbone", "nested_sequential")}
 
 
-@pytest.mark.parametrize("name", sorted(FLAT))
+#: the part of the zoo the extra-backend subset runs (`-m backends`, .ci/run)
+BACKENDS_SUBSET = ("classic_cnn", "shared_layer", "two_inputs", "resnet50", "mobilenetv2")
+
+
+def _subset(names):
+    return [pytest.param(n, marks=pytest.mark.backends) if n in BACKENDS_SUBSET else n for n in names]
+
+
+@pytest.mark.parametrize("name", _subset(sorted(FLAT)))
 def test_truncate_keeps_the_part_exact(name, tmp_path):
     keras.utils.set_random_seed(2)
     model = FLAT[name]()
@@ -92,6 +100,7 @@ def test_truncate_by_index_and_depth():
     assert by_depth.outputs[0].shape == (None, 8, 8, 32)  # nearest to depth 0.5: pool2 (4/9)
 
 
+@pytest.mark.backends
 def test_truncate_inside_a_nested_backbone(tmp_path):
     keras.utils.set_random_seed(3)
     model = nested_backbone()
@@ -100,7 +109,7 @@ def test_truncate_inside_a_nested_backbone(tmp_path):
     backbone = model.get_layer("backbone")
     inner = keras.Model(backbone.inputs, backbone.get_layer("bb_add").output)
     expected = inner(model.get_layer("scale")(x), training=False)
-    assert max_abs_diff(outputs_of(cut, x), [np.asarray(expected)]) == 0.0
+    assert max_abs_diff(outputs_of(cut, x), [to_numpy(expected)]) == 0.0
     assert_roundtrip(cut, tmp_path, x)
     # The nested call's training=False is kept on every inlined call, and behaves as Keras itself
     # makes it behave in the original model, in both modes.
@@ -117,7 +126,7 @@ def test_truncate_a_functional_backbone_inside_a_sequential():
     x = random_inputs(model)
     base = model.layers[0]
     expected = keras.Model(base.inputs, base.get_layer("pool2").output)(x)
-    assert max_abs_diff(outputs_of(cut, x), [np.asarray(expected)]) == 0.0
+    assert max_abs_diff(outputs_of(cut, x), [to_numpy(expected)]) == 0.0
 
 
 def test_invalid_cut_names_the_nearest_valid_ones():
@@ -133,6 +142,7 @@ def test_invalid_cut_names_the_nearest_valid_ones():
         truncate(model, 1.5)
 
 
+@pytest.mark.backends
 def test_freeze_up_to_and_unfreeze_from(tmp_path):
     model = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), classes=4)
     frozen = freeze(model, up_to="block_6_project_BN")
@@ -157,6 +167,7 @@ def test_freeze_up_to_and_unfreeze_from(tmp_path):
     assert trainable_layers(top_follow)["Conv_1_bn"]
 
 
+@pytest.mark.backends
 def test_frozen_batchnorm_runs_in_inference_mode():
     model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=3)
     frozen = freeze(model, bn="freeze")  # everything frozen
@@ -179,6 +190,7 @@ def test_freeze_by_pattern_and_errors():
         freeze(model, bn="sometimes")
 
 
+@pytest.mark.backends
 def test_reinitialize_uses_the_layers_own_initializers():
     keras.utils.set_random_seed(4)
     model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=3)
@@ -202,7 +214,7 @@ def test_reinitialize_from_a_layer_on():
         assert not np.array_equal(fresh.get_layer(name).get_weights()[0], model.get_layer(name).get_weights()[0])
 
 
-@pytest.mark.parametrize("name", ["classic_cnn", "resnet50", "efficientnetb0", "vgg16", "nested_backbone"])
+@pytest.mark.parametrize("name", _subset(["classic_cnn", "resnet50", "efficientnetb0", "vgg16", "nested_backbone"]))
 def test_replace_head(name, tmp_path):
     keras.utils.set_random_seed(5)
     model = {**SMALL, **APPLICATIONS}[name]()
@@ -238,6 +250,7 @@ def test_attach_head_to_a_headless_backbone():
         attach_head(base, classes=0)
 
 
+@pytest.mark.backends
 def test_insert_replace_delete(tmp_path):
     keras.utils.set_random_seed(6)
     model = classic_cnn()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import to_numpy
 from sklearn.datasets import load_digits
 
 from surgery.probe import C_GRID, describe_estimate, fit_linear_head, wilson_interval
@@ -47,7 +48,7 @@ def test_a_keras_dense_layer_computes_the_fitted_head(digits):
     dense = keras.layers.Dense(10, activation="softmax")
     dense.build((None, 64))
     fit.assign_to(dense)
-    probs = np.asarray(dense(xte[:50]))
+    probs = to_numpy(dense(xte[:50]))
     logits = xte[:50] @ fit.kernel + fit.bias
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
