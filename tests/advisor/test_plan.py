@@ -75,7 +75,7 @@ def test_round_trip_of_an_advised_plan_is_exact(advised, text):
     assert loaded == advised
     assert dump_plan(loaded) == text
     assert loaded.plan_version == PLAN_VERSION
-    assert loaded.decision.strategy == "linear_probe"
+    assert loaded.decision.strategy == "truncate_probe"
     assert loaded.data.path == str(DATA)
     # plain YAML: anyone can read it without graft
     assert yaml.safe_load(text)["training"]["phases"][0]["trainable"] == "head"
@@ -156,7 +156,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(text):
     ("training:", "    learning_rate: 0.001", "    learning_rate: fast",
      "'training.phases.0.learning_rate' must be a number, not 'fast'"),
     ("model:", "  safe_mode: true", "  safe_mode: 1", "'model.safe_mode' must be true or false, not 1"),
-    ("outputs:", "  dir: runs/cifar_b-linear_probe", "  dir: [runs]", "'outputs.dir' must be a string, not ['runs']"),
+    ("outputs:", "  dir: runs/cifar_b-truncate_probe", "  dir: [runs]", "'outputs.dir' must be a string, not ['runs']"),
     ("surgery:", "    hidden: []", "    hidden: 128", "'surgery.head.hidden' must be a list of integers, not 128"),
     ("surgery:", "    hidden: []", "    hidden: [128, wide]", "'surgery.head.hidden.1' must be an integer, not 'wide'"),
     ("model:", "  weights: imagenet", "  weights: 3", "'model.weights' must be a string, not 3"),
