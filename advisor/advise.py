@@ -267,14 +267,18 @@ def _embedding_cut(facts: dict, embedding) -> str | None:
     return cut
 
 
-def plan_for(advice: Advice, strategy: str) -> Plan:
-    """The plan `advise` would write if `strategy` had won, from the same facts and measurements
-    (no new scan or measurement). The decision's reasons say the rules chose otherwise."""
-    decision = force_strategy(advice.decision, advice.rules, strategy)
+def _replan(advice: Advice, decision: Decision) -> Plan:
+    """The plan of `decision` from the advice's own facts and measurements (no new scan or measurement)."""
     return build_plan(decision, advice.rules, advice.facts, advice.dataset, advice.plan.model.source,
                       advice.plan.model.weights, advice.model, _embedding_cut(advice.facts, advice.embedding),
                       None, advice.rules.overrides,
                       forward_rate=getattr(advice.embedding, "forward_rate", None))
+
+
+def plan_for(advice: Advice, strategy: str) -> Plan:
+    """The plan `advise` would write if `strategy` had won, from the same facts and measurements
+    (no new scan or measurement). The decision's reasons say the rules chose otherwise."""
+    return _replan(advice, force_strategy(advice.decision, advice.rules, strategy))
 
 
 def with_trial(advice: Advice, trial) -> Advice:
@@ -286,10 +290,7 @@ def with_trial(advice: Advice, trial) -> Advice:
             advice.decision, strategy=trial.winner, rule="trial", runner_up=advice.decision.strategy,
             reason=f"{trial.reason} The rules chose {advice.decision.strategy} (rule {advice.decision.rule}, "
                    f"case {advice.decision.case}): {advice.decision.reason}")
-        plan = build_plan(decision, advice.rules, advice.facts, advice.dataset, advice.plan.model.source,
-                          advice.plan.model.weights, advice.model, _embedding_cut(advice.facts, advice.embedding),
-                          None, advice.rules.overrides,
-                          forward_rate=getattr(advice.embedding, "forward_rate", None))
+        plan = _replan(advice, decision)
         if not out_dir.endswith(f"-{advice.decision.strategy}"):
             plan.outputs.dir = out_dir  # a directory the user named stays
     else:
