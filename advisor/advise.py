@@ -84,6 +84,7 @@ class Advice:
     rules: RuleTable
     notes: list[str] = field(default_factory=list)
     trial: object | None = None
+    augmentation: object | None = None  # advisor.augmentation.AugmentationCheck, when measured
 
     def to_dict(self) -> dict:
         """JSON-ready: facts, decision with trace, measurements, plan."""
@@ -101,6 +102,7 @@ class Advice:
                       "overrides": dict(self.rules.overrides)},
             "notes": list(self.notes),
             "trial": None if self.trial is None else self.trial.to_dict(),
+            "augmentation": None if self.augmentation is None else self.augmentation.to_dict(),
         }
 
 
@@ -269,10 +271,35 @@ def _embedding_cut(facts: dict, embedding) -> str | None:
 
 def _replan(advice: Advice, decision: Decision) -> Plan:
     """The plan of `decision` from the advice's own facts and measurements (no new scan or measurement)."""
-    return build_plan(decision, advice.rules, advice.facts, advice.dataset, advice.plan.model.source,
+    plan = build_plan(decision, advice.rules, advice.facts, advice.dataset, advice.plan.model.source,
                       advice.plan.model.weights, advice.model, _embedding_cut(advice.facts, advice.embedding),
                       None, advice.rules.overrides,
                       forward_rate=getattr(advice.embedding, "forward_rate", None))
+    return _with_augmentation(plan, advice.augmentation)
+
+
+def _with_augmentation(plan: Plan, check) -> Plan:
+    """The plan with only the measured label-preserving transforms, and the evidence in its reasons."""
+    if check is None or not plan.data.augmentation:
+        return plan
+    plan.data.augmentation = dict(check.kept)
+    plan.decision.reasons = plan.decision.reasons + check.reasons()
+    return plan
+
+
+def _check_augmentation(net, dataset, plan: Plan, notes: list[str]):
+    """advisor.augmentation's measurement of the rules' proposed transforms, or None (nothing
+    proposed, or the measurement failed: then the proposal stands and a note says so)."""
+    if not plan.data.augmentation:
+        return None
+    from advisor.augmentation import check_augmentation
+
+    try:
+        return check_augmentation(net, dataset, plan.data.augmentation, size=plan.data.input_size[0],
+                                  seed=plan.data.seed)
+    except (GraftError, ValueError, RuntimeError, MemoryError) as exc:
+        notes.append(f"augmentation not measured ({type(exc).__name__}: {exc}); the rules' proposal is used")
+        return None
 
 
 def plan_for(advice: Advice, strategy: str) -> Plan:
@@ -399,4 +426,6 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
         decision = force_strategy(decision, table, strategy)
     plan = build_plan(decision, table, facts, facts_ds, source, weights, mfacts, cut_layer, out_dir,
                       table.overrides, forward_rate=emb.forward_rate if emb is not None else None)
-    return Advice(facts_ds, mfacts, emb, facts, decision, plan, table, notes)
+    check = _check_augmentation(net, dataset, plan, notes) if model is not None and measure else None
+    plan = _with_augmentation(plan, check)
+    return Advice(facts_ds, mfacts, emb, facts, decision, plan, table, notes, augmentation=check)

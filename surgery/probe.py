@@ -28,6 +28,8 @@ import numpy as np
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))
 MAX_FOLDS = 5
 MAX_ITER = 2000
+#: Standardization scales are floored at this fraction of the median channel scale (`_scale_floor`).
+FLOOR = 0.1
 
 
 @dataclass
@@ -45,6 +47,7 @@ class LinearHead:
         train_loss: mean cross-entropy of the final fit on its training images.
         scores: mean CV accuracy per C tried.
         notes: anything worth knowing (no CV, not converged).
+        temperature: the logits' divisor, calibrated on the out-of-fold predictions (1: none).
     """
 
     kernel: np.ndarray
@@ -57,6 +60,7 @@ class LinearHead:
     train_loss: float
     scores: dict[float, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    temperature: float = 1.0
 
     def assign_to(self, dense) -> None:
         """Write the head into a Keras Dense layer of matching shape (kernel (features, classes))."""
@@ -100,8 +104,7 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
     if len(present) < 2:
         raise ValueError("a linear head needs images of at least two classes")
     mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    std = np.where(std > 1e-8 * max(float(std.max(initial=0.0)), 1e-12), std, 1.0)
+    std = _scale_floor(x.std(axis=0))
     z = (x - mean) / std
     # An L2-regularized linear model's weights lie in the span of its training rows (the gradient
     # of the loss is z.T @ residuals), and every fold's rows are a subset of all rows: fitting on the
@@ -121,8 +124,11 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
         warnings.simplefilter("always", ConvergenceWarning)
         scores: dict[float, float] = {}
         cv_acc = None
+        temperature = 1.0
         if folds >= 2:
             correct = np.zeros(len(grid))
+            # out-of-fold logits at every C, for the temperature (classes as in `present`)
+            oof = np.zeros((len(grid), len(y), len(present)))
             splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
             for train, test in splitter.split(z, y):
                 model = logistic(grid[0], warm=True)  # along the path, each fit starts from the last
@@ -130,10 +136,12 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
                     model.set_params(C=c)
                     model.fit(z[train], y[train])
                     correct[k] += (model.predict(z[test]) == y[test]).sum()
+                    oof[k][np.ix_(test, np.searchsorted(present, model.classes_))] = _logits(model, z[test])
             accs = correct / len(y)
             scores = {float(c): float(a) for c, a in zip(grid, accs)}
             best = int(np.argmax(accs))  # ties: the smallest C, the strongest regularization
             C, cv_acc = float(grid[best]), float(accs[best])
+            temperature = calibrated_temperature(oof[best], np.searchsorted(present, y))
         else:
             C = 1.0
             notes.append("fewer than two images in some class: no cross-validation, C = 1")
@@ -145,6 +153,10 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
     if coef.shape[0] == 1:  # sklearn's binary form: one logit for the second class
         coef = np.concatenate([-coef / 2, coef / 2])
         intercept = np.concatenate([-intercept / 2, intercept / 2])
+    if temperature > 1.0:
+        coef, intercept = coef / temperature, intercept / temperature
+        notes.append(f"logits divided by {temperature:.3g}: the temperature at which the cross-validated "
+                     "predictions are calibrated (bounds the logits fine-tuning starts from)")
     w = np.zeros((x.shape[1], classes))
     b = np.full(classes, -30.0)  # classes with no training image: never predicted
     w[:, present] = (coef / std).T
@@ -155,7 +167,41 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
     return LinearHead(kernel=w.astype("float32"), bias=b.astype("float32"), C=C, cv_accuracy=cv_acc,
                       cv_folds=folds if folds >= 2 else 0, images=len(y),
                       train_accuracy=float((logp.argmax(axis=1) == y).mean()),
-                      train_loss=float(-logp[np.arange(len(y)), y].mean()), scores=scores, notes=notes)
+                      train_loss=float(-logp[np.arange(len(y)), y].mean()), scores=scores, notes=notes,
+                      temperature=float(temperature))
+
+
+def _scale_floor(std: np.ndarray) -> np.ndarray:
+    """Per-channel scales for standardization, floored at FLOOR x the median scale of the channels
+    that vary. A channel that barely varies on the training images (a ReLU6 unit that is almost
+    always 0) would otherwise be divided by its tiny spread, and the folded kernel (W / std) would
+    turn any later change of that channel - augmentation, a fine-tuned backbone - into huge logits."""
+    live = std[std > 0]
+    if not live.size:
+        return np.ones_like(std)
+    return np.maximum(std, FLOOR * float(np.median(live)))
+
+
+def _logits(model, z: np.ndarray) -> np.ndarray:
+    d = np.asarray(model.decision_function(z))
+    return np.stack([-d / 2, d / 2], axis=1) if d.ndim == 1 else d
+
+
+def calibrated_temperature(logits: np.ndarray, labels: np.ndarray, bounds=(1.0, 1000.0)) -> float:
+    """The temperature T >= 1 minimizing the log loss of softmax(logits / T) on out-of-fold logits
+    (Guo et al. 2017, "On calibration of modern neural networks"). A head fitted to convergence on
+    separable features is overconfident on images it has not seen; dividing its logits by T makes its
+    confidence match its cross-validated accuracy, and bounds the gradients that fine-tuning starts
+    with. Argmax (and so the head's accuracy) is unchanged."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    def nll(log_t: float) -> float:
+        scaled = logits / np.exp(log_t)
+        return float((logsumexp(scaled, axis=1) - scaled[np.arange(len(labels)), labels]).mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
+    return float(np.exp(res.x)) if res.success else 1.0
 
 
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -179,4 +225,4 @@ def describe_estimate(estimate: dict | None) -> str:
             f"from the {estimate['method']} on {estimate['images']} images")
 
 
-__all__ = ["C_GRID", "LinearHead", "describe_estimate", "fit_linear_head", "wilson_interval"]
+__all__ = ["C_GRID", "LinearHead", "calibrated_temperature", "describe_estimate", "fit_linear_head", "wilson_interval"]

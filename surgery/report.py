@@ -255,6 +255,30 @@ img{max-width:100%;height:auto;border:1px solid #ddd}
 """
 
 
+
+def _split_label(split: str | None) -> str:
+    return {"train": "training", "val": "validation", "test": "test"}.get(split or "test", str(split))
+
+
+def _headline(metrics: Mapping, guard: Mapping | None = None) -> str:
+    """The first thing the page says: the expected accuracy on new images, its 95 % interval, how
+    it was measured and on how many images; or that it was not measured, and why."""
+    from surgery.probe import describe_estimate
+
+    est = metrics.get("estimate") or {}
+    out = ["<div class='headline'>"]
+    if est.get("accuracy") is not None:
+        lo, hi = est.get("interval95") or (None, None)
+        out.append(f"<span class='kpi'>expected accuracy on new images<b>{_e(_pct(est['accuracy']))}</b>"
+                   f"95 % interval {_e(_pct(lo))}&ndash;{_e(_pct(hi))}</span>")
+    else:
+        out.append("<span class='kpi'>expected accuracy on new images<b>not measured</b></span>")
+    out.append(f"<p class='estimate'>{_e(describe_estimate(est or None))}.</p>")
+    if guard and guard.get("reason"):
+        out.append(f"<p class='estimate'>Fine-tuning guard: {_e(guard['reason'])}.</p>")
+    out.append("</div>")
+    return "\n".join(out)
+
 def _e(value: Any) -> str:
     """HTML-escape anything (converted with `str`)."""
     return html.escape("" if value is None else str(value), quote=True)
@@ -425,6 +449,8 @@ def write_report(
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     add(f"<p class='muted'>Run directory <code>{_e(run_dir)}</code>, generated {generated}.</p>")
 
+    add(_headline(metrics, (extra or {}).get("guard")))
+
     # Decision
     add("<h2>Decision</h2>")
     strategy = decision.get("strategy")
@@ -471,10 +497,11 @@ def write_report(
 
     # Metrics
     add("<h2>Evaluation</h2>")
+    split = _split_label(metrics.get("split"))
     add("<div>")
-    add(f"<span class='kpi'>accuracy<b>{_e(_pct(metrics.get('accuracy')))}</b></span>")
+    add(f"<span class='kpi'>{_e(split)} accuracy<b>{_e(_pct(metrics.get('accuracy')))}</b></span>")
     add(
-        "<span class='kpi'>balanced accuracy"
+        f"<span class='kpi'>{_e(split)} balanced accuracy"
         f"<b>{_e(_pct(metrics.get('balanced_accuracy')))}</b></span>"
     )
     if "top_k_accuracy" in metrics:
@@ -488,7 +515,9 @@ def write_report(
     add(
         f"<p>Accuracy {_e(_fmt(metrics.get('accuracy')))}, "
         f"balanced accuracy {_e(_fmt(metrics.get('balanced_accuracy')))}"
-        f" on the {_e(metrics.get('split', 'test'))} images.</p>"
+        f" on the {_e(metrics.get('split', 'test'))} images"
+        + (" (the images the model was trained on: not an estimate for new images)"
+           if metrics.get("split") == "train" else "") + ".</p>"
     )
     if "estimate" in metrics:
         from surgery.probe import describe_estimate

@@ -68,6 +68,7 @@ class PhaseReport:
     images_per_second: float = 0.0
     solver: str = "gradient"
     steps: int = 0
+    start_loss: float | None = None
 
 
 @dataclass
@@ -126,11 +127,14 @@ class _BatchProgress(keras.callbacks.Callback):
     def __init__(self, reporter: Reporter, phase: str, steps: int):
         super().__init__()
         self.reporter, self.phase, self.steps, self.current = reporter, phase, steps, 0
+        self.first_loss: float | None = None  # the loss of the phase's first batch, before any update
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.first_loss is None and logs and "loss" in logs:
+            self.first_loss = float(logs["loss"])
         self.reporter.batch(self.phase, self.current, batch + 1, self.steps)
 
 
@@ -366,6 +370,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
             the run directory already holds another run (and `resume` is not set).
     """
     from advisor.plan import save_plan
+    from surgery import guard
     from surgery.graph import layer_graph
     from surgery.prepare import (
         prepare_model,
@@ -374,7 +379,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         to_mixed_precision,
         trainable_region,
     )
-    from surgery.train import read_state
+    from surgery.train import read_state, save_weights_atomic
 
     reporter = reporter or Reporter()
     plan = _plan_of(plan)
@@ -487,6 +492,15 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
                 result.notes = notes
                 return result
             total_done = len(state["history"])
+            if i == 0 and guard.applies(plan) and not guard.head_only_file(run_dir).exists():
+                save_weights_atomic(prepared.model, guard.head_only_file(run_dir))
+        if guard.applies(plan) and state.get("guard") is None and guard.head_only_file(run_dir).exists():
+            state["guard"] = _guard(plan, prepared.model, data, state, run_dir, strategy is not None)
+            write_json(run_dir / "state.json", state)
+        if (state.get("guard") or {}).get("keep") == "head_only":
+            prepared.model.load_weights(guard.head_only_file(run_dir))
+        if state.get("guard"):
+            notes.append("guard: " + state["guard"]["reason"])
         timings.update(state.get("timings", {}))
 
         # Evaluate on the test split (else validation), write everything.
@@ -498,6 +512,8 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         metrics = _evaluate(prepared.model, files, labels, data, distributed=strategy is not None)
         metrics["split"] = eval_name
         metrics["estimate"] = _estimate(metrics, eval_name, state, plan)
+        if state.get("guard"):
+            metrics["guard"] = state["guard"]
         d = plan.data
         metrics["model_input"] = {
             "size": list(d.input_size), "channels": d.channels, "channel_mode": d.channel_mode,
@@ -518,7 +534,8 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
                           plan=plan.to_dict(),
                           model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
                           extra={"preprocessing": prepared.preprocessing, "splits": splits,
-                                 "fallback": state.get("fallback"), "mixed_precision": mixed, "jit_compile": jit,
+                                 "fallback": state.get("fallback"), "guard": state.get("guard"),
+                                 "mixed_precision": mixed, "jit_compile": jit,
                                  "device": result.device, "backend": keras.backend.backend(),
                                  "distribution": plan.training.distribution, "resumed": resumed,
                                  "notes": notes})
@@ -669,10 +686,17 @@ def _learning_rate(ph, total_steps: int):
         warmup_target=ph.learning_rate, warmup_steps=warm)
 
 
+#: Global gradient-norm clip of the phases that train the backbone: the first steps after the head
+#: hand-off must not move pretrained weights by more than a bounded step, whatever the head's logits.
+BACKBONE_CLIPNORM = 1.0
+
+
 def _compile(model, ph, lr_factor_map, jit, total_steps: int = 1):
     from surgery.train import make_optimizer
 
-    model.compile(optimizer=make_optimizer(ph.optimizer, _learning_rate(ph, total_steps), lr_factor_map),
+    clip = None if ph.trainable == "head" else BACKBONE_CLIPNORM
+    model.compile(optimizer=make_optimizer(ph.optimizer, _learning_rate(ph, total_steps), lr_factor_map,
+                                           global_clipnorm=clip),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=jit)
 
@@ -710,6 +734,8 @@ def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, r
                           class_weight="balanced" if cw else None)
     fit.assign_to(dense)
     logs = {"loss": fit.train_loss, "accuracy": fit.train_accuracy}
+    reporter.message(f"phase {ph.name}: head fitted, C {fit.C:g}, logits / {fit.temperature:.3g} (calibrated), "
+                     f"training loss {fit.train_loss:.4g}")
     if fit.cv_accuracy is not None:
         logs["cv_accuracy"] = fit.cv_accuracy
     if val is not None:
@@ -723,7 +749,7 @@ def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, r
     state["history"].append({"phase": ph.name, "epoch": len(state["history"]) + 1, "phase_epoch": 1,
                              "seconds": round(seconds, 3), **logs})
     state["probe"] = {"phase": i, "C": fit.C, "cv_accuracy": fit.cv_accuracy, "cv_folds": fit.cv_folds,
-                      "images": fit.images, "notes": fit.notes}
+                      "images": fit.images, "notes": fit.notes, "temperature": fit.temperature}
     entry["epochs_done"] = 1
     reporter.epoch(ph.name, 1, 1, logs, seconds)
 
@@ -813,8 +839,12 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
                 args = {"x": _feature_batches(xtr, ytr, plan.data.batch_size, plan.data.seed, i,
                                               entry["epochs_done"], end_epoch),
                         "steps_per_epoch": steps_per_epoch, "validation_data": val}
+            starting = entry["epochs_done"] == 0
             train_model.fit(**args, epochs=end_epoch, initial_epoch=entry["epochs_done"],
                             callbacks=[ckpt, progress], class_weight=cw, verbose=0)
+            if starting and progress.first_loss is not None:
+                entry["start_loss"] = round(progress.first_loss, 4)
+                reporter.message(f"phase {ph.name}: loss {progress.first_loss:.4g} on its first batch")
     entry["seconds"] = entry.get("seconds", 0.0) + time.perf_counter() - t0
     if stop_now and not entry.get("stopped_early"):
         write_json(run_dir / "state.json", state)
@@ -838,7 +868,8 @@ def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, not
         stopped_early=bool(entry.get("stopped_early")), best_epoch=entry.get("best_epoch"),
         seconds=round(seconds, 3),
         images_per_second=round(n_images * epochs_run / seconds, 1) if seconds > 0 else 0.0,
-        solver="convex" if convex else "gradient", steps=0 if convex else epochs_run * steps_per_epoch)
+        solver="convex" if convex else "gradient", steps=0 if convex else epochs_run * steps_per_epoch,
+        start_loss=entry.get("start_loss"))
     old = state.get("weights_file")
     state["phases"].append(report.__dict__.copy())
     state.update(phases_done=i + 1, weights_file=end.name, phase=None)
@@ -878,6 +909,19 @@ def _scratch_trial(plan, data, reporter: Reporter, jit, safe_mode: bool | None) 
                        f"(margin {fb.margin})")}
 
 
+def _guard(plan, model, data, state: dict, run_dir: Path, distributed: bool) -> dict:
+    """surgery/guard.py's verdict on the fine-tuned model: on the validation images when the plan
+    holds some out, else on the training images (no augmentation) against the head's CV score."""
+    from surgery import guard
+
+    on, (files, labels) = ("val", data.val) if data.val[0] else ("train", data.train)
+    prob, y = _predict(model, files, labels, data.spec, distributed)
+    verdict = guard.judge(guard.head_only_scores(state, plan.training.phases[0].name),
+                          float((prob.argmax(axis=1) == y).mean()), on=on)
+    verdict["images"] = len(y)
+    return verdict
+
+
 def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
     """How well the model is expected to do on new images, how that was measured, on how many
     images, with a Wilson 95 % interval."""
@@ -890,7 +934,9 @@ def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
         return {"method": method, "accuracy": acc, "images": n,
                 "interval95": list(wilson_interval(round(acc * n), n))}
     probe = state.get("probe")
-    if probe and probe.get("cv_accuracy") is not None and probe["phase"] == len(plan.training.phases) - 1:
+    head_only = (state.get("guard") or {}).get("keep") == "head_only"  # the final model is the head alone
+    if probe and probe.get("cv_accuracy") is not None and (probe["phase"] == len(plan.training.phases) - 1
+                                                             or head_only):
         m = int(probe["images"])
         cv = float(probe["cv_accuracy"])
         return {"method": f"{probe['cv_folds']}-fold cross-validation of the head", "accuracy": cv, "images": m,

@@ -58,10 +58,14 @@ def _discriminative(base: type) -> type:
     return Discriminative
 
 
-def make_optimizer(name: str, learning_rate: float, lr_factors: dict[str, float] | None = None):
-    """A Keras optimizer; with `lr_factors` (variable path -> factor), one with discriminative rates."""
+def make_optimizer(name: str, learning_rate: float, lr_factors: dict[str, float] | None = None,
+                   global_clipnorm: float | None = None):
+    """A Keras optimizer; with `lr_factors` (variable path -> factor), one with discriminative rates;
+    with `global_clipnorm`, gradients are scaled so that their global norm is at most that."""
     cls = getattr(keras.optimizers, OPTIMIZERS[name])
     kwargs = {"momentum": 0.9} if name == "sgd" else {}
+    if global_clipnorm:
+        kwargs["global_clipnorm"] = float(global_clipnorm)
     if lr_factors and any(f != 1.0 for f in lr_factors.values()):
         return _discriminative(cls)(learning_rate=learning_rate, lr_factors=lr_factors, **kwargs)
     return cls(learning_rate=learning_rate, **kwargs)

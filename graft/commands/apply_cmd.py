@@ -154,11 +154,14 @@ def run(args) -> int:
     if result.fallback:
         console.print(f"fallback trial: {result.fallback['reason']}")
     m = result.metrics
-    console.print(f"{m.get('split', 'test')} accuracy [bold]{m.get('accuracy', 0):.3f}[/], balanced accuracy "
-                  f"{m.get('balanced_accuracy', 0):.3f} on {m.get('n_samples', 0)} images")
     from surgery.probe import describe_estimate
 
-    console.print(describe_estimate(m.get("estimate")))
+    # The headline is the estimate for new images; accuracy on training images is labelled as such.
+    console.print(f"[bold]{describe_estimate(m.get('estimate'))}[/]")
+    split = {"train": "training", "val": "validation"}.get(m.get("split"), m.get("split", "test"))
+    console.print(f"{split} accuracy {m.get('accuracy', 0):.3f}, balanced accuracy "
+                  f"{m.get('balanced_accuracy', 0):.3f} on {m.get('n_samples', 0)} images"
+                  + (" (images the model was trained on)" if m.get("split") == "train" else ""))
     if m.get("model_input"):
         size = m["model_input"]["size"]
         console.print(f"model.keras takes raw 0..255 pixels, {m['model_input']['channels']} channel(s); "

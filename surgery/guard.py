@@ -1,0 +1,92 @@
+"""The fine-tuning guard: a fine-tuned strategy never ends below its own head-only model.
+
+LP-FT fits a head on frozen features (the convex phase), then trains the backbone. On small data a
+bad hand-off wrecks the backbone: a head fitted to convergence on separable features has huge
+logits, the first fine-tuning steps take huge gradients through every layer, and the model ends
+near chance while the head alone was good (MobileNet v1, 7 classes of faces, 10 per class: 0.15
+after fine-tuning). The head's logits are bounded before the hand-off (surgery/probe.py: calibrated
+temperature, floored feature scales), and the backbone phases clip the global gradient norm; this
+module is the last line: it keeps the head-only weights and, when the backbone phases end, compares.
+
+The evidence, in order of strength:
+
+- **held-out images** (the plan's validation split): the head-only model's accuracy on them (the
+  convex phase scores them) against the fine-tuned model's; fine-tuning is kept unless it is lower.
+- **no held-out images** (every labelled image trains, the default on small data): the fine-tuned
+  model is scored on its own training images, without augmentation. That cannot show that
+  fine-tuning helps, only that it broke: a model that fits its training images worse than the head
+  alone predicts new ones (its cross-validated accuracy, less two standard errors) has lost what
+  the pretrained backbone knew, and the head-only model is kept.
+
+    path = head_only_file(run_dir)        # written when the convex phase ends
+    verdict = judge(state, ft_accuracy, on="val")
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+HEAD_ONLY = "head-only.weights.h5"
+
+
+def head_only_file(run_dir: Path) -> Path:
+    """Where the head-only model's weights are kept while the backbone phases run."""
+    return Path(run_dir) / "checkpoints" / HEAD_ONLY
+
+
+def applies(plan) -> bool:
+    """A plan whose first phase trains only the head and a later phase trains the backbone."""
+    phases = plan.training.phases
+    return (len(phases) > 1 and phases[0].trainable == "head" and phases[0].weights != "random"
+            and any(p.trainable != "head" for p in phases[1:]))
+
+
+def head_only_scores(state: dict, phase: str) -> dict:
+    """The head-only model's evidence from the run state: its validation accuracy (when the head
+    phase scored held-out images) and its cross-validated accuracy (convex fit)."""
+    rows = [h for h in state.get("history", []) if h.get("phase") == phase]
+    head = rows[-1] if rows else {}
+    probe = state.get("probe") or {}
+    return {"val_accuracy": head.get("val_accuracy"), "cv_accuracy": probe.get("cv_accuracy"),
+            "images": probe.get("images"), "train_accuracy": head.get("accuracy")}
+
+
+def judge(head: dict, fine_tuned: float, on: str) -> dict:
+    """Keep fine-tuning or fall back to the head-only model.
+
+    Args:
+        head: `head_only_scores(state, first phase's name)`.
+        fine_tuned: the fine-tuned model's accuracy on the validation images (`on="val"`) or on its
+            own training images without augmentation (`on="train"`).
+        on: which images `fine_tuned` was measured on.
+
+    Returns:
+        {"keep": "fine_tuned" | "head_only", "evidence": on, "fine_tuned_accuracy", "head_only_accuracy",
+         "threshold", "reason"}.
+    """
+    if on == "val" and head.get("val_accuracy") is not None:
+        ref = float(head["val_accuracy"])
+        threshold = ref
+        worse = fine_tuned < threshold
+        what = (f"on the held-out images fine-tuning reached {fine_tuned:.3f} against {ref:.3f} for the head "
+                "alone")
+    elif head.get("cv_accuracy") is not None and head.get("images"):
+        ref = float(head["cv_accuracy"])
+        n = int(head["images"])
+        threshold = ref - 2 * math.sqrt(max(ref * (1 - ref), 1e-4) / n)
+        worse = fine_tuned < threshold
+        what = (f"the fine-tuned model fits its own training images at {fine_tuned:.3f}, while the head alone "
+                f"predicts new ones at {ref:.3f} (cross-validated on {n} images; collapse below {threshold:.3f})")
+    else:
+        return {"keep": "fine_tuned", "evidence": "none", "fine_tuned_accuracy": fine_tuned,
+                "head_only_accuracy": None, "threshold": None,
+                "reason": "no held-out or cross-validated score of the head alone: fine-tuning kept unchecked"}
+    keep = "head_only" if worse else "fine_tuned"
+    reason = what + ("; fine-tuning made the model worse, so the head-only model is kept" if worse
+                     else "; fine-tuning kept")
+    return {"keep": keep, "evidence": on, "fine_tuned_accuracy": round(fine_tuned, 4),
+            "head_only_accuracy": round(ref, 4), "threshold": round(threshold, 4), "reason": reason}
+
+
+__all__ = ["HEAD_ONLY", "applies", "head_only_file", "head_only_scores", "judge"]
