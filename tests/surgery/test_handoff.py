@@ -1,0 +1,88 @@
+"""LP-FT end to end on the bundled example: the hand-off from the convex head to fine-tuning is
+logged (the head's temperature and loss, the first fine-tuning batch's loss), the guard judges the
+fine-tuned model, and the report and summary lead with the estimate for new images.
+
+Real training on real images (the bundled CIFAR-B example) with the bundled CIFAR-A CNN.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from advisor.plan import DataPlan, HeadPlan, ModelSpec, OutputPlan, Phase, Plan, SurgeryPlan, TrainingPlan
+from surgery import guard, run
+from surgery.runner import Reporter
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "examples" / "data" / "cifar_b"
+CNN = ROOT / "examples" / "models" / "cifar_a_cnn.keras"
+
+
+class Messages(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def lp_ft_plan(run_dir: Path, validation_split: float) -> Plan:
+    phases = [Phase(name="head", trainable="head", epochs=5),
+              Phase(name="finetune", trainable="all", epochs=2, learning_rate=1e-4, schedule="cosine")]
+    plan = Plan(
+        model=ModelSpec(source=str(CNN), weights="file"),
+        surgery=SurgeryPlan(head=HeadPlan(classes=5, dropout=0.2)),
+        training=TrainingPlan(phases=phases),
+        data=DataPlan(path=str(DATA), input_size=[32, 32], augmentation={"flip": "horizontal"},
+                      validation_split=validation_split, test_split=0.0, batch_size=32, seed=0),
+        outputs=OutputPlan(dir=str(run_dir)),
+    )
+    return Plan.from_dict(plan.to_dict())
+
+
+@pytest.fixture(scope="module")
+def no_holdout(tmp_path_factory):
+    messages = Messages()
+    result = run(lp_ft_plan(tmp_path_factory.mktemp("lpft") / "run", 0.0), reporter=messages)
+    return result, messages
+
+
+def test_the_hand_off_is_logged(no_holdout):
+    result, messages = no_holdout
+    head = next(m for m in messages.lines if "head fitted" in m)
+    assert "logits /" in head and "training loss" in head
+    ft = result.phases[1]
+    assert ft.name == "finetune" and ft.start_loss is not None and ft.start_loss < 10
+    assert any(m.startswith("phase finetune: loss") for m in messages.lines)
+    state = json.loads((result.run_dir / "state.json").read_text())
+    assert state["probe"]["temperature"] >= 1.0 and state["phases"][1]["start_loss"] == ft.start_loss
+
+
+def test_without_held_out_images_the_guard_checks_for_a_collapse(no_holdout):
+    result, _ = no_holdout
+    verdict = result.metrics["guard"]
+    assert verdict["evidence"] == "train" and verdict["images"] == 300
+    assert verdict["keep"] in ("fine_tuned", "head_only") and verdict["threshold"] < verdict["head_only_accuracy"]
+    assert any(n.startswith("guard: ") for n in result.notes)
+    assert not guard.head_only_file(result.run_dir).exists()  # checkpoints are cleaned up
+
+
+def test_the_report_leads_with_the_estimate_and_labels_training_accuracy(no_holdout):
+    result, _ = no_holdout
+    assert result.metrics["split"] == "train"
+    html = (result.run_dir / "report.html").read_text()
+    head = html.index("expected accuracy on new images")
+    assert head < html.index("<h2>Decision</h2>") < html.index("training accuracy<b>")
+    assert "not an estimate for new images" in html
+    assert "Fine-tuning guard" in html
+
+
+def test_with_held_out_images_the_guard_compares_on_them(tmp_path):
+    result = run(lp_ft_plan(tmp_path / "run", 0.2))
+    verdict = result.metrics["guard"]
+    assert verdict["evidence"] == "val" and verdict["images"] == result.splits["val"] == 60
+    assert verdict["keep"] == ("head_only" if verdict["fine_tuned_accuracy"] < verdict["head_only_accuracy"]
+                               else "fine_tuned")
