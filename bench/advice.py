@@ -65,6 +65,12 @@ class Group:
     acc: dict[int, dict[str, float]]
     sec: dict[int, dict[str, float]]
     facts: dict[int, dict]
+    network: str = ""
+    baseline: str = BASELINE
+    #: the recipes suite: the best plain reference variant, {"strategy", "variant", "accuracy", "seconds"}
+    plain: dict | None = None
+    #: the rule choice recorded when the bench ran, per seed (the replayed one may differ)
+    recorded: dict | None = None
 
     def mean_acc(self, strategy: str) -> float:
         return float(np.mean([self.acc[s][strategy] for s in self.seeds]))
@@ -118,17 +124,21 @@ def load_groups(results: Path = RESULTS, measurements: Path = MEASUREMENTS,
                 if alias in sec[sd] and same in sec[sd]:
                     sec[sd][alias] = sec[sd][same] = (last[(task, n, sd, alias)]["seconds"]
                                                       + last[(task, n, sd, same)]["seconds"]) / 2
-        facts = {}
-        for sd in seeds:
-            m = meas[(task, n, sd)]
-            f = dict(m["facts"])
-            if m.get("embedding"):
-                emb = facts_from_measurement(m["embedding"])
-                f.update({k: v for k, v in emb.items() if k != "best_cut_score" or v is not None})
-                f["top_cut_gain"] = emb["cut_gain"]
-            facts[sd] = derived(f)
+        facts = {sd: facts_of(meas[(task, n, sd)]) for sd in seeds}
         groups.append(Group(task, n, seeds, acc, sec, facts))
     return groups, chosen
+
+
+def facts_of(m: dict) -> dict:
+    """The facts the rules read for one stored measurement: the data facts advise recorded, with every
+    measured fact re-derived from the embedding measurement by `facts_from_measurement` (so a change to
+    that derivation, or an edited rules file, is scored without re-running the bench)."""
+    f = dict(m["facts"])
+    if m.get("embedding"):
+        emb = facts_from_measurement(m["embedding"])
+        f.update({k: v for k, v in emb.items() if k != "best_cut_score" or v is not None})
+        f["top_cut_gain"] = emb["cut_gain"]
+    return derived(f)
 
 
 def with_thresholds(table: RuleTable, values: dict[str, float]) -> RuleTable:
@@ -151,13 +161,27 @@ def score(group: Group, policy: dict[int, str], strategies) -> tuple[float, floa
     """(regret in points, time relative to always-BASELINE) of per-seed choices on one group."""
     oracle = group.mean_acc(group.oracle(strategies))
     acc = float(np.mean([group.acc[sd][policy[sd]] for sd in group.seeds]))
-    base = float(np.mean([group.sec[sd][BASELINE] for sd in group.seeds]))
+    base = float(np.mean([group.sec[sd][group.baseline] for sd in group.seeds]))
     sec = float(np.mean([group.sec[sd][policy[sd]] for sd in group.seeds]))
     return (oracle - acc) * 100, sec / base
 
 
+def strategy_of(table: RuleTable, facts: dict) -> str:
+    """The strategy `evaluate(table, facts).strategy` names, without building the trace: the first
+    strategy rule whose conditions hold (the loader rejects overlaps under hit_policy unique, so the
+    first match is the only one there). Used where thousands of threshold settings are tried."""
+    for rule in table.strategy_rules:
+        if rule.matches(facts):
+            return rule.then["strategy"]
+    raise AssertionError(f"{table.source}: no strategy rule matches")  # the load-time gap check forbids it
+
+
+def fast_choices(table: RuleTable, group: Group) -> dict[int, str]:
+    return {sd: strategy_of(table, group.facts[sd]) for sd in group.seeds}
+
+
 def _evaluate_table(table: RuleTable, groups: list[Group], strategies) -> tuple[float, float]:
-    scores = [score(g, choices(table, g), strategies) for g in groups]
+    scores = [score(g, fast_choices(table, g), strategies) for g in groups]
     return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
 
 
@@ -217,9 +241,9 @@ def trial_policies(groups: list[Group], trials: list[dict], strategies,
             picks = {sd: rows[(g.task, g.n, sd)]["winner"] for sd in seeds}
             if not seeds or not all(p in strategies for p in picks.values()):
                 continue
-            sub = Group(g.task, g.n, seeds, g.acc, g.sec, g.facts)
+            sub = Group(g.task, g.n, seeds, g.acc, g.sec, g.facts, g.network, g.baseline)
             regret, _ = score(sub, picks, strategies)
-            base = float(np.mean([g.sec[sd][BASELINE] for sd in seeds]))
+            base = float(np.mean([g.sec[sd][g.baseline] for sd in seeds]))
             sec = float(np.mean([g.sec[sd][picks[sd]] + rows[(g.task, g.n, sd)]["seconds"] for sd in seeds]))
             rules_regret = score(sub, choices(table, sub), strategies)[0] if table is not None else float("nan")
             scored.append((regret, sec / base, g.task, g.n, sum(rows[(g.task, g.n, sd)]["switched"] for sd in seeds),
@@ -340,12 +364,309 @@ def calibrate(table: RuleTable, results: Path, measurements: Path, forward_rate:
             "time_error_median": round(float(np.median(rel)), 3), "time_error_p90": round(float(np.percentile(rel, 90)), 3)}
 
 
+# ------------------------------------------------------------------------------------ the recipes suite
+#
+# bench/recipes.py: eleven domains x two networks x n in {10, 60} x seeds 0-2, graft's four strategies
+# and the plain reference variants. Scored per network; LODO and leave-one-network-out re-fit every
+# tunable threshold without the domain (network) scored.
+
+RECIPES = ROOT / "bench" / "results" / "recipes.jsonl"
+RECIPES_MEASUREMENTS = ROOT / "bench" / "results" / "recipes-measurements.jsonl"
+#: the time baseline of the recipes suite: "always fine-tune every layer" (LP-FT of all layers)
+RECIPES_BASELINE = "lp_ft"
+#: a rules choice the recipes bench does not run, scored as the run of the same recipe
+RECIPES_ALIAS = {"finetune_all": "lp_ft"}
+RECIPES_SIZES = (10, 60)
+RECIPES_SEEDS = (0, 1, 2)
+
+
+def recipes_grid(path: Path = ROOT / "bench" / "recipes.py") -> dict:
+    """NETWORKS, TASKS and GRAFT_STRATEGIES of bench/recipes.py, read from its source (importing it
+    would load keras): the module-level assignments of those names (and the ones they use) evaluated
+    in order."""
+    import ast
+
+    wanted = {"NETWORKS", "DEVSUITE", "DEVSUITE2", "TASKS", "GRAFT_STRATEGIES"}
+    ns: dict = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in wanted for t in node.targets):
+            exec(compile(ast.Module([node], []), str(path), "exec"), {}, ns)  # literals and tuples only
+    return {"networks": tuple(ns["NETWORKS"]), "tasks": tuple(ns["TASKS"]),
+            "strategies": tuple(ns["GRAFT_STRATEGIES"])}
+
+
+def load_recipe_groups(results: Path = RECIPES, measurements: Path = RECIPES_MEASUREMENTS,
+                       strategies: tuple[str, ...] | None = None, grid: dict | None = None
+                       ) -> tuple[list[Group], tuple[str, ...], dict]:
+    """Groups (network, task, n) of the recipes bench, and what is missing.
+
+    A seed is scored only when it has a graft row of every strategy and a measurement; a (network,
+    task, n) with no such seed is left out. The last row of each (network, task, n, seed, arm,
+    strategy, variant) counts (reruns replace). Returns (groups, strategies, coverage) where coverage
+    lists, per expected (network, task, n, seed) of the grid, the seeds scored and, for the others,
+    what they lack."""
+    grid = grid or recipes_grid()
+    strategies = tuple(strategies or grid["strategies"])
+    last: dict = {}
+    for r in _rows(results):
+        last[(r["network"], r["task"], r["n"], r["seed"], r["arm"], r["strategy"], r.get("variant"))] = r
+    meas = {(m["network"], m["task"], m["n"], m["seed"]): m for m in _rows(measurements)}
+    keys = {k[:4] for k in last} | set(meas)
+    expected = {(net, t, n, sd) for net in grid["networks"] for t in grid["tasks"] for n in RECIPES_SIZES
+                for sd in RECIPES_SEEDS}
+    complete, partial = [], []
+    for key in sorted(keys | expected):
+        lacks = [s for s in strategies if (*key, "graft", s, None) not in last]
+        if key not in meas:
+            lacks.append("measurement")
+        if not lacks:
+            complete.append(key)
+        elif key in keys:
+            partial.append({"network": key[0], "task": key[1], "n": key[2], "seed": key[3], "lacks": lacks})
+    groups = []
+    for net, task, n in sorted({k[:3] for k in complete}):
+        seeds = sorted(k[3] for k in complete if k[:3] == (net, task, n))
+        acc, sec = {}, {}
+        for sd in seeds:
+            rows = {s: last[(net, task, n, sd, "graft", s, None)] for s in strategies}
+            acc[sd] = {s: r["accuracy"] for s, r in rows.items()}
+            sec[sd] = {s: r["seconds"] for s, r in rows.items()}
+            for alias, same in RECIPES_ALIAS.items():
+                if same in acc[sd] and alias not in acc[sd]:
+                    acc[sd][alias], sec[sd][alias] = acc[sd][same], sec[sd][same]
+        facts = {sd: facts_of(meas[(net, task, n, sd)]) for sd in seeds}
+        recorded = {sd: meas[(net, task, n, sd)].get("rule_choice") for sd in seeds}
+        groups.append(Group(task, n, seeds, acc, sec, facts, net, RECIPES_BASELINE,
+                            best_plain(last, net, task, n, seeds), recorded))
+    done = {k for k in complete}
+    coverage = {"expected": len(expected), "scored_seeds": len(complete), "groups": len(groups),
+                "scored_outside_grid": sorted(map(list, done - expected)),
+                "partial": partial,
+                "not_started": len(expected - keys)}
+    return groups, strategies, coverage
+
+
+def best_plain(last: dict, network: str, task: str, n: int, seeds: list[int]) -> dict | None:
+    """The plain reference variant (of any strategy) with the best mean test accuracy over `seeds`
+    (every seed must have it); None when there is none."""
+    best = None
+    variants = {(k[5], k[6]) for k in last if k[:3] == (network, task, n) and k[4] == "reference"}
+    for strategy, variant in sorted(variants, key=str):
+        rows = [last.get((network, task, n, sd, "reference", strategy, variant)) for sd in seeds]
+        if any(r is None for r in rows):
+            continue
+        a = float(np.mean([r["accuracy"] for r in rows]))
+        if best is None or a > best["accuracy"]:
+            best = {"strategy": strategy, "variant": variant, "accuracy": round(a, 4),
+                    "seconds": round(float(np.mean([r["seconds"] for r in rows])), 1)}
+    return best
+
+
+def _score_full(g: Group, policy: dict[int, str], strategies) -> dict:
+    """regret (points below the best of graft's strategies), time (/ the baseline run), seconds and
+    accuracy (means over the seeds) of per-seed choices on one group."""
+    regret, t = score(g, policy, strategies)
+    return {"regret": regret, "time": t,
+            "seconds": float(np.mean([g.sec[sd][policy[sd]] for sd in g.seeds])),
+            "accuracy": float(np.mean([g.acc[sd][policy[sd]] for sd in g.seeds]))}
+
+
+def _policy_stats(items: list[tuple[Group, dict]]) -> dict:
+    """Over (group, _score_full) pairs: mean regret; the worst domain (its regret: the mean over its
+    sizes) and worst group; groups within 1 point; time against the baseline, as the mean of the
+    per-group ratios (`time`) and as total seconds / total baseline seconds (`time_total`); and the
+    mean points below the best plain reference variant (`below_plain`, negative: above it)."""
+    if not items:
+        return {"groups": 0}
+    by_domain: dict[str, list[float]] = {}
+    for g, s in items:
+        by_domain.setdefault(g.task, []).append(s["regret"])
+    dom = {d: float(np.mean(v)) for d, v in sorted(by_domain.items())}
+    worst = max(dom, key=lambda d: dom[d])
+    base = sum(float(np.mean([g.sec[sd][g.baseline] for sd in g.seeds])) for g, _ in items)
+    plain = [(g.plain["accuracy"] - s["accuracy"]) * 100 for g, s in items if g.plain]
+    return {"mean_regret": round(float(np.mean([s["regret"] for _, s in items])), 2),
+            "worst_domain": worst, "worst_domain_regret": round(dom[worst], 2),
+            "worst_group_regret": round(max(s["regret"] for _, s in items), 2),
+            "within_1": int(sum(s["regret"] <= 1 for _, s in items)), "groups": len(items), "domains": len(dom),
+            "time": round(float(np.mean([s["time"] for _, s in items])), 3),
+            "time_total": round(sum(s["seconds"] for _, s in items) / base, 3),
+            "below_plain": None if not plain else round(float(np.mean(plain)), 2),
+            "per_domain": {d: round(v, 2) for d, v in dom.items()}}
+
+
+def _fitted(table: RuleTable, train: list[Group], strategies, tune: list[str]) -> tuple[RuleTable, dict] | None:
+    """The table with `tune` re-fitted on `train` (None when there is nothing to fit on)."""
+    if not train or not tune:
+        return None
+    values = fit_thresholds(table, train, strategies, tune)
+    return with_thresholds(table, values), {k: round(v, 4) for k, v in values.items()}
+
+
+def recipes_report(table: RuleTable, groups: list[Group], strategies, tune: list[str],
+                   coverage: dict | None = None) -> dict:
+    """The recipes suite's scoring, as data (see the module docstring and docs/bench.md)."""
+    networks = sorted({g.network for g in groups})
+    domains = sorted({g.task for g in groups})
+    # LODO pooled over both networks: one fit per domain, on every group of the other domains
+    pooled = {d: _fitted(table, [g for g in groups if g.task != d], strategies, tune) for d in domains}
+    out: dict = {"suite": "recipes", "rules": str(table.source), "strategies": list(strategies),
+                 "baseline": RECIPES_BASELINE, "tuned": list(tune), "coverage": coverage or {}, "networks": {},
+                 "lono": []}
+    for net in networks:
+        mine = [g for g in groups if g.network == net]
+        lodo = {d: _fitted(table, [g for g in mine if g.task != d], strategies, tune)
+                for d in sorted({g.task for g in mine})}
+        pols: dict[str, list] = {"oracle (best graft strategy per task)": [], "rules (in-sample)": [],
+                                 "rules, LODO (fit on this network)": [],
+                                 "rules, LODO (fit on both networks)": []}
+        pols.update({f"always {s}": [] for s in strategies})
+        rows = []
+        for g in mine:
+            policy = choices(table, g)
+            sc = _score_full(g, policy, strategies)
+            oracle = g.oracle(strategies)
+            pols["oracle (best graft strategy per task)"].append((g, _score_full(g, {sd: oracle for sd in g.seeds},
+                                                                                 strategies)))
+            pols["rules (in-sample)"].append((g, sc))
+            for s in strategies:
+                pols[f"always {s}"].append((g, _score_full(g, {sd: s for sd in g.seeds}, strategies)))
+            row = {"task": g.task, "n": g.n, "seeds": g.seeds, "oracle": oracle,
+                   "oracle_acc": round(g.mean_acc(oracle), 4),
+                   "accuracy": {s: round(g.mean_acc(s), 4) for s in strategies},
+                   "seconds": {s: round(float(np.mean([g.sec[sd][s] for sd in g.seeds])), 1) for s in strategies},
+                   "plain": g.plain, "choice": [policy[sd] for sd in g.seeds],
+                   "recorded_choice": [(g.recorded or {}).get(sd) for sd in g.seeds],
+                   "rules_acc": round(sc["accuracy"], 4), "regret": round(sc["regret"], 2),
+                   "below_plain": None if not g.plain else round((g.plain["accuracy"] - sc["accuracy"]) * 100, 2),
+                   "oracle_below_plain": None if not g.plain else round((g.plain["accuracy"] - g.mean_acc(oracle)) * 100, 2),
+                   "time": round(sc["time"], 3),
+                   "facts": {k: g.facts[g.seeds[0]].get(k) for k in
+                             ("similarity", "shift_ratio", "probe_lift", "top_cut_gain", "images_per_class_median")}}
+            for key, name, fits in (("lodo", "rules, LODO (fit on this network)", lodo),
+                                    ("lodo_pooled", "rules, LODO (fit on both networks)", pooled)):
+                fit = fits.get(g.task)
+                if fit is None:
+                    row[key] = None
+                    continue
+                lp = fast_choices(fit[0], g)
+                ls = _score_full(g, lp, strategies)
+                pols[name].append((g, ls))
+                row[key] = {"choice": [lp[sd] for sd in g.seeds], "regret": round(ls["regret"], 2),
+                            "time": round(ls["time"], 3), "thresholds": fit[1]}
+            rows.append(row)
+        out["networks"][net] = {"groups": rows, "summary": {k: _policy_stats(v) for k, v in pols.items()}}
+    for a in networks:
+        for b in networks:
+            if a == b:
+                continue
+            fit_a = _fitted(table, [g for g in groups if g.network == a], strategies, tune)
+            fit_b = _fitted(table, [g for g in groups if g.network == b], strategies, tune)
+            if fit_a is None:
+                continue
+            on_b = [g for g in groups if g.network == b]
+            lono = _policy_stats([(g, _score_full(g, fast_choices(fit_a[0], g), strategies)) for g in on_b])
+            own = _policy_stats([(g, _score_full(g, fast_choices(fit_b[0], g), strategies)) for g in on_b])
+            shipped = out["networks"][b]["summary"]["rules (in-sample)"]
+            out["lono"].append({"fit_on": a, "scored_on": b, "thresholds": fit_a[1], "own_thresholds": fit_b[1],
+                                "mean_regret": lono["mean_regret"], "worst_domain": lono["worst_domain"],
+                                "worst_domain_regret": lono["worst_domain_regret"], "within_1": lono["within_1"],
+                                "groups": lono["groups"], "time": lono["time"], "time_total": lono["time_total"],
+                                "own_fit_mean_regret": own["mean_regret"],
+                                "gap": round(lono["mean_regret"] - own["mean_regret"], 2),
+                                "shipped_mean_regret": shipped["mean_regret"]})
+    return out
+
+
+def _f(v, spec=".2f", none="-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def recipes_markdown(rep: dict) -> str:
+    cov = rep["coverage"]
+    out = [f"Rules: `{Path(rep['rules']).name}`; graft strategies scored: {', '.join(rep['strategies'])}; time "
+           f"baseline: always {rep['baseline']}; LODO / LONO re-fit: {', '.join(rep['tuned']) or 'nothing'}.", ""]
+    if cov:
+        out += [f"Coverage: {cov['groups']} (network, task, n) groups scored, from {cov['scored_seeds']} of the "
+                f"{cov['expected']} (network, task, n, seed) runs of the grid (every graft strategy and a "
+                f"measurement); {len(cov['partial'])} partial, {cov['not_started']} not started.", ""]
+        if cov["partial"]:
+            out += ["Partial (left out): " + "; ".join(
+                f"{p['network']} {p['task']} n={p['n']} s{p['seed']} lacks {', '.join(p['lacks'])}"
+                for p in cov["partial"]) + ".", ""]
+    for net, nr in rep["networks"].items():
+        out += [f"#### {net}", "",
+                "| task | n | seeds | oracle (acc) | best plain variant (acc) | rules' choice per seed | rules acc "
+                "| regret | below best plain | time / lp_ft | LODO choice | LODO regret |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in nr["groups"]:
+            p = r["plain"]
+            plain = "-" if p is None else f"{p['strategy']} {p['variant']} ({p['accuracy']:.3f})"
+            lodo = r.get("lodo")
+            changed = " (recorded: " + ", ".join(map(str, r["recorded_choice"])) + ")"                 if r["recorded_choice"] != r["choice"] else ""
+            out.append(f"| {r['task']} | {r['n']} | {','.join(map(str, r['seeds']))} | {r['oracle']} "
+                       f"({r['oracle_acc']:.3f}) | {plain} | {', '.join(r['choice'])}{changed} | {r['rules_acc']:.3f} | "
+                       f"{r['regret']:.1f} | {_f(r['below_plain'], '+.1f')} | {r['time']:.2f} | "
+                       f"{'-' if lodo is None else ', '.join(lodo['choice'])} | "
+                       f"{'-' if lodo is None else format(lodo['regret'], '.1f')} |")
+        out += ["", "| policy | mean regret (points) | worst domain (points) | within 1 point | time / lp_ft "
+                "(mean of ratios) | time / lp_ft (total) | below best plain (points) |",
+                "|---|---|---|---|---|---|---|"]
+        for name, s in nr["summary"].items():
+            if not s.get("groups"):
+                out.append(f"| {name} | - | - | - | - | - | - |")
+                continue
+            out.append(f"| {name} | {s['mean_regret']:.2f} | {s['worst_domain']} {s['worst_domain_regret']:.1f} | "
+                       f"{s['within_1']}/{s['groups']} | {s['time']:.2f} | {s['time_total']:.2f} | "
+                       f"{_f(s['below_plain'], '+.2f')} |")
+        names = [k for k in nr["summary"] if not k.startswith("oracle")]
+        short = {k: k.replace("rules, LODO (fit on this network)", "LODO (this net)")
+                  .replace("rules, LODO (fit on both networks)", "LODO (both nets)").replace("always ", "")
+                 for k in names}
+        doms = sorted({r["task"] for r in nr["groups"]})
+        out += ["", "Regret per domain (points, mean over its sizes):", "",
+                "| domain | " + " | ".join(short[k] for k in names) + " |", "|---|" + "---|" * len(names)]
+        for d in doms:
+            out.append(f"| {d} | " + " | ".join(_f(nr["summary"][k].get("per_domain", {}).get(d), ".1f")
+                                              for k in names) + " |")
+        out.append("")
+    if rep["lono"]:
+        out += ["Leave-one-network-out: thresholds fitted on every task of one network, scored on the other "
+                "(beside: the same fit on the scored network itself, and the rules as shipped).", "",
+                "| fitted on | scored on | thresholds | mean regret | worst domain | fitted on the scored network "
+                "| gap | rules as shipped |", "|---|---|---|---|---|---|---|---|"]
+        for x in rep["lono"]:
+            th = ", ".join(f"{k}={v:g}" for k, v in x["thresholds"].items())
+            out.append(f"| {x['fit_on']} | {x['scored_on']} | {th} | {x['mean_regret']:.2f} | {x['worst_domain']} "
+                       f"{x['worst_domain_regret']:.1f} | {x['own_fit_mean_regret']:.2f} | {x['gap']:+.2f} | "
+                       f"{x['shipped_mean_regret']:.2f} |")
+    return "\n".join(out)
+
+
+
+def _tune_names(table: RuleTable, spec: str) -> list[str]:
+    if spec == "none":
+        return []
+    if spec == "auto":
+        measured = {"similarity", "shift_ratio", "shift_early", "shift_late", "probe_lift", "top_cut_gain",
+                    "best_cut_score", "best_cut_depth", "images_per_class_median"}
+        return [name for name, facts in tunable(table).items() if set(facts) & measured]
+    return [t for t in spec.split(",") if t]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=("transfer", "recipes"), default="transfer",
+                        help="transfer: bench/transfer.py's six domains, one network (the default); recipes: "
+                             "bench/recipes.py's eleven domains x two networks, scored per network with LODO "
+                             "and leave-one-network-out")
     parser.add_argument("--rules", default=None, help="rules file (default: rules.yaml)")
-    parser.add_argument("--results", default=str(RESULTS))
-    parser.add_argument("--measurements", default=str(MEASUREMENTS))
+    parser.add_argument("--results", default=None,
+                        help="result rows (default: bench/results/transfer.jsonl, or recipes.jsonl with --suite recipes)")
+    parser.add_argument("--measurements", default=None,
+                        help="advise's measurements (default: measurements.jsonl, or recipes-measurements.jsonl)")
     parser.add_argument("--n", type=int, action="append", help="only this size (repeatable)")
+    parser.add_argument("--network", action="append", help="--suite recipes: only this network (repeatable)")
     parser.add_argument("--tune", default="auto",
                         help="comma-separated thresholds LODO re-chooses; auto: every threshold the "
                              "strategy rules compare a measured fact (or images per class) with; none: no LODO")
@@ -356,24 +677,30 @@ def main(argv=None) -> int:
     parser.add_argument("--forward-rate", type=float, default=None,
                         help="with --calibrate: the forward images/s advise measured on the bench machine")
     args = parser.parse_args(argv)
+    recipes = args.suite == "recipes"
+    results = Path(args.results or (RECIPES if recipes else RESULTS))
+    measurements = Path(args.measurements or (RECIPES_MEASUREMENTS if recipes else MEASUREMENTS))
     table = load_rules(args.rules)
     if args.calibrate:
-        print(json.dumps(calibrate(table, Path(args.results), Path(args.measurements), args.forward_rate), indent=1))
+        print(json.dumps(calibrate(table, results, measurements, args.forward_rate), indent=1))
         return 0
-    groups, strategies = load_groups(Path(args.results), Path(args.measurements))
+    tune = _tune_names(table, args.tune)
+    if recipes:
+        groups, strategies, coverage = load_recipe_groups(results, measurements)
+        groups = [g for g in groups if (not args.n or g.n in args.n)
+                  and (not args.network or g.network in args.network)]
+        rep = recipes_report(table, groups, strategies, tune, coverage)
+        print(json.dumps(rep, indent=1) if args.json else recipes_markdown(rep))
+        if not groups:
+            print("no (network, task, n) has a measurement and a graft run of every strategy yet", file=sys.stderr)
+            return 1
+        return 0
+    groups, strategies = load_groups(results, measurements)
     if args.n:
         groups = [g for g in groups if g.n in args.n]
     if not groups:
         print("no (task, n) has a measurement and a run of every strategy yet", file=sys.stderr)
         return 1
-    if args.tune == "none":
-        tune = []
-    elif args.tune == "auto":
-        measured = {"similarity", "shift_ratio", "shift_early", "shift_late", "probe_lift", "top_cut_gain",
-                    "best_cut_score", "best_cut_depth", "images_per_class_median"}
-        tune = [name for name, facts in tunable(table).items() if set(facts) & measured]
-    else:
-        tune = [t for t in args.tune.split(",") if t]
     rep = report(table, groups, strategies, tune, _rows(Path(args.trials)))
     print(json.dumps(rep, indent=1) if args.json else markdown(rep))
     return 0
