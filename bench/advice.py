@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,16 @@ class Group:
     plain: dict | None = None
     #: the rule choice recorded when the bench ran, per seed (the replayed one may differ)
     recorded: dict | None = None
+    _oracle: dict = field(default_factory=dict, repr=False, compare=False)
 
     def mean_acc(self, strategy: str) -> float:
         return float(np.mean([self.acc[s][strategy] for s in self.seeds]))
 
     def oracle(self, strategies) -> str:
-        return max(strategies, key=self.mean_acc)
+        key = tuple(strategies)
+        if key not in self._oracle:  # the accuracies never change: the threshold search asks thousands of times
+            self._oracle[key] = max(strategies, key=self.mean_acc)
+        return self._oracle[key]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -143,7 +148,15 @@ def facts_of(m: dict) -> dict:
 
 def with_thresholds(table: RuleTable, values: dict[str, float]) -> RuleTable:
     """A copy of the table with some thresholds set (as `--set` would, without reloading the file)."""
-    out = copy.deepcopy(table)
+    # Only what is changed is copied (thresholds, rules, conditions): the YAML document, strategies and
+    # each rule's `then` are shared and never changed here. The threshold search makes thousands of copies.
+    out = copy.copy(table)
+    out.thresholds = {k: copy.copy(t) for k, t in table.thresholds.items()}
+
+    def rules(rs):
+        return [dataclasses.replace(r, conditions=[copy.copy(c) for c in r.conditions]) for r in rs]
+
+    out.strategy_rules, out.modifier_rules = rules(table.strategy_rules), rules(table.modifier_rules)
     for name, value in values.items():
         out.thresholds[name].value = value
         for rule in out.strategy_rules + out.modifier_rules:
@@ -160,9 +173,10 @@ def choices(table: RuleTable, group: Group) -> dict[int, str]:
 def score(group: Group, policy: dict[int, str], strategies) -> tuple[float, float]:
     """(regret in points, time relative to always-BASELINE) of per-seed choices on one group."""
     oracle = group.mean_acc(group.oracle(strategies))
-    acc = float(np.mean([group.acc[sd][policy[sd]] for sd in group.seeds]))
-    base = float(np.mean([group.sec[sd][group.baseline] for sd in group.seeds]))
-    sec = float(np.mean([group.sec[sd][policy[sd]] for sd in group.seeds]))
+    k = len(group.seeds)
+    acc = sum(group.acc[sd][policy[sd]] for sd in group.seeds) / k
+    base = sum(group.sec[sd][group.baseline] for sd in group.seeds) / k
+    sec = sum(group.sec[sd][policy[sd]] for sd in group.seeds) / k
     return (oracle - acc) * 100, sec / base
 
 
@@ -182,7 +196,7 @@ def fast_choices(table: RuleTable, group: Group) -> dict[int, str]:
 
 def _evaluate_table(table: RuleTable, groups: list[Group], strategies) -> tuple[float, float]:
     scores = [score(g, fast_choices(table, g), strategies) for g in groups]
-    return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
+    return sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores)
 
 
 def tunable(table: RuleTable) -> dict[str, list[str]]:
@@ -556,13 +570,12 @@ def recipes_report(table: RuleTable, groups: list[Group], strategies, tune: list
                             "time": round(ls["time"], 3), "thresholds": fit[1]}
             rows.append(row)
         out["networks"][net] = {"groups": rows, "summary": {k: _policy_stats(v) for k, v in pols.items()}}
+    whole = {net: _fitted(table, [g for g in groups if g.network == net], strategies, tune)
+             for net in networks} if len(networks) > 1 else {}
     for a in networks:
         for b in networks:
-            if a == b:
-                continue
-            fit_a = _fitted(table, [g for g in groups if g.network == a], strategies, tune)
-            fit_b = _fitted(table, [g for g in groups if g.network == b], strategies, tune)
-            if fit_a is None:
+            fit_a, fit_b = whole.get(a), whole.get(b)
+            if a == b or fit_a is None or fit_b is None:
                 continue
             on_b = [g for g in groups if g.network == b]
             lono = _policy_stats([(g, _score_full(g, fast_choices(fit_a[0], g), strategies)) for g in on_b])
