@@ -21,6 +21,29 @@ and scores its choices against what each strategy really reached:
     python bench/advice.py --tune similar,cut_gain         # thresholds LODO may re-choose
     python bench/advice.py --json                          # machine-readable
 
+The recipes suite (`--suite recipes`) scores the same way bench/recipes.py's rows: eleven domains x
+two networks (efficientnet_lite0, mobilenet_v1), n in {10, 60}, seeds 0-2, graft's four strategies
+(linear_probe, truncate_probe, lp_ft_top, lp_ft) and the plain reference variants. Per network:
+
+- per (task, n): the oracle (the best graft strategy, mean over the seeds that have every strategy and
+  a measurement), the best plain reference variant of any strategy, the rules' choice per seed
+  (replayed: the rules file evaluated on the stored measurement's facts, not the choice recorded when
+  the bench ran), its accuracy, regret and points below the best plain variant;
+- policies: the rules as given (in-sample: their thresholds were set seeing these domains), the rules
+  LODO (every tunable threshold re-fitted without the scored domain, on this network's other domains
+  and, a second row, on both networks' other domains), the oracle and every "always X": mean regret,
+  worst domain (mean over its sizes), groups within 1 point, time / always lp_ft (mean of per-group
+  ratios, and total seconds / total lp_ft seconds), points below the best plain variant;
+- regret per domain, so one domain's collapse is visible;
+- leave-one-network-out: thresholds fitted on every task of one network, scored on the other, beside
+  the same fit made on the scored network itself.
+
+Only (network, task, n, seed) runs with every strategy's graft row and a measurement are scored; the
+coverage line says how many of the grid's 132 that is, and which runs are partial.
+
+    python bench/advice.py --suite recipes                 # bench/results/recipes*.jsonl
+    python bench/advice.py --suite recipes --network mobilenet_v1 --n 10 --json
+
 It trains nothing: everything comes from the result files.
 """
 

@@ -103,3 +103,134 @@ def test_calibration_fits_the_accuracy_range_and_time(files):
     lo, hi, runs = cal["accuracy_vs_probe"]["lp_ft"]
     assert runs == 6 and lo <= hi
     assert cal["runs"] == 30 and cal["per_pass"] == pytest.approx(cal["seconds_per_pass"] * 200, rel=1e-2)
+
+
+# --------------------------------------------------------------------------------- the recipes suite
+# bench/recipes.py's rows: per network, graft's four strategies (no finetune_all; lp_ft is the time
+# baseline) and plain reference variants; measurements carry the network and the recorded rule choice.
+
+RECIPE_STRATEGIES = ("linear_probe", "truncate_probe", "lp_ft_top", "lp_ft")
+GRID = {"networks": ("net_a", "net_b"), "tasks": tuple(TASKS), "strategies": RECIPE_STRATEGIES}
+#: on net_b the cut probe loses on digits (same facts): a threshold fitted to net_a misleads there
+NET_B_DIGITS = dict(linear_probe=0.70, truncate_probe=0.70, lp_ft_top=0.72, lp_ft=0.76)
+
+
+def _write_recipes(tmp_path, skip=(), no_measurement=(), recorded="linear_probe"):
+    results, meas = tmp_path / "recipes.jsonl", tmp_path / "recipes-measurements.jsonl"
+    with results.open("w") as r, meas.open("w") as m:
+        for net in GRID["networks"]:
+            for task, (sim, ratio, gain, acc) in TASKS.items():
+                if net == "net_b" and task == "digits":
+                    acc = NET_B_DIGITS
+                for seed in (0, 1):
+                    base = {"network": net, "task": task, "n": 10, "seed": seed}
+                    for s in RECIPE_STRATEGIES:
+                        if (net, task, seed, s) in skip:
+                            continue
+                        r.write(json.dumps({**base, "arm": "graft", "strategy": s, "accuracy": acc[s] + 0.01 * seed,
+                                            "seconds": SECONDS[s], "rule_choice": recorded}) + "\n")
+                    for variant, a in (("plain,ep20", 0.70), ("flips,ep100", 0.75)):
+                        r.write(json.dumps({**base, "arm": "reference", "strategy": "probe", "variant": variant,
+                                            "accuracy": a, "seconds": 5}) + "\n")
+                    if (net, task, seed) in no_measurement:
+                        continue
+                    facts = {"images": 100, "classes": 10, "images_per_class_min": 10, "images_per_class_median": 10}
+                    m.write(json.dumps({**base, "facts": facts, "rule_choice": recorded,
+                                        "embedding": _embedding(sim, ratio, gain)}) + "\n")
+    return results, meas
+
+
+def test_recipes_replays_the_rules_on_the_measured_facts_per_network(tmp_path):
+    groups, strategies, cov = bench_advice.load_recipe_groups(*_write_recipes(tmp_path), grid=GRID)
+    assert strategies == RECIPE_STRATEGIES and len(groups) == 6 and cov["groups"] == 6
+    rep = bench_advice.recipes_report(load_rules(), groups, strategies, tune=[], coverage=cov)
+    assert set(rep["networks"]) == {"net_a", "net_b"} and rep["baseline"] == "lp_ft"
+    rows = {r["task"]: r for r in rep["networks"]["net_a"]["groups"]}
+    # replayed from the facts, not the recorded (wrong) choice
+    assert rows["photos"]["choice"] == ["truncate_probe"] * 2 and rows["photos"]["recorded_choice"] == ["linear_probe"] * 2
+    assert rows["cells"]["choice"] == ["lp_ft"] * 2 and rows["digits"]["choice"] == ["truncate_probe"] * 2
+    assert rows["cells"]["plain"] == {"strategy": "probe", "variant": "flips,ep100", "accuracy": 0.75, "seconds": 5.0}
+    assert rows["cells"]["below_plain"] == pytest.approx((0.75 - 0.705) * 100, abs=0.01)
+    s = rep["networks"]["net_a"]["summary"]
+    assert s["rules (in-sample)"]["mean_regret"] == 0 and s["rules (in-sample)"]["within_1"] == 3
+    assert s["rules (in-sample)"]["time"] == pytest.approx((8 / 40 + 1 + 8 / 40) / 3, abs=1e-3)
+    assert s["rules (in-sample)"]["time_total"] == pytest.approx((8 + 40 + 8) / 120, abs=1e-3)
+    assert s["always lp_ft"]["time"] == 1.0 and s["always lp_ft"]["mean_regret"] == pytest.approx(4 / 3, abs=0.01)
+    assert s["always lp_ft"]["worst_domain"] in ("photos", "digits")
+    # net_b's digits: the rules still cut, and lose 6 points there
+    assert rep["networks"]["net_b"]["summary"]["rules (in-sample)"]["worst_domain"] == "digits"
+    assert rep["networks"]["net_b"]["summary"]["rules (in-sample)"]["worst_domain_regret"] == pytest.approx(6, abs=0.01)
+    # an edited table is scored as edited
+    edited = bench_advice.with_thresholds(load_rules(), {"cut_gain": 0.5})
+    rows = {r["task"]: r for r in bench_advice.recipes_report(edited, groups, strategies, [])["networks"]["net_a"]["groups"]}
+    assert rows["digits"]["choice"] == ["lp_ft"] * 2 and rows["digits"]["regret"] == pytest.approx(2, abs=0.01)
+    md = bench_advice.recipes_markdown(rep)
+    assert "#### net_a" in md and "| rules (in-sample) | 0.00 |" in md and "(recorded: linear_probe" in md
+
+
+def test_recipes_lodo_fits_without_the_held_out_domain(tmp_path, monkeypatch):
+    groups, strategies, _ = bench_advice.load_recipe_groups(*_write_recipes(tmp_path), grid=GRID)
+    net_a = [g for g in groups if g.network == "net_a"]
+    bad = bench_advice.with_thresholds(load_rules(), {"cut_gain": 0.5})
+    seen = []
+    fit = bench_advice.fit_thresholds
+    monkeypatch.setattr(bench_advice, "fit_thresholds",
+                        lambda table, train, *a, **k: seen.append({(g.network, g.task) for g in train}) or fit(table, train, *a, **k))
+    rep = bench_advice.recipes_report(bad, net_a, strategies, tune=["cut_gain"])
+    assert seen and all(len({t for _, t in s}) == 2 for s in seen)  # every fit saw two of the three domains
+    rows = {r["task"]: r for r in rep["networks"]["net_a"]["groups"]}
+    # only digits asks for a lower cut_gain: without it the fit keeps 0.5 and digits keeps its 2 points of regret
+    assert rows["digits"]["lodo"]["thresholds"] == {"cut_gain": 0.5} and rows["digits"]["lodo"]["regret"] == pytest.approx(2, abs=0.01)
+    assert rows["photos"]["lodo"]["regret"] == 0
+    # fitted on all three domains, cut_gain drops below digits' gain (in-sample, the figure LODO guards against)
+    assert bench_advice.fit_thresholds(bad, net_a, strategies, ["cut_gain"])["cut_gain"] <= 0.08
+    s = rep["networks"]["net_a"]["summary"]
+    assert s["rules, LODO (fit on this network)"]["groups"] == 3
+    assert s["rules, LODO (fit on this network)"]["per_domain"]["digits"] == pytest.approx(2, abs=0.01)
+
+
+def test_recipes_leave_one_network_out_fits_on_the_other_network(tmp_path):
+    groups, strategies, _ = bench_advice.load_recipe_groups(*_write_recipes(tmp_path), grid=GRID)
+    bad = bench_advice.with_thresholds(load_rules(), {"cut_gain": 0.5})
+    rep = bench_advice.recipes_report(bad, groups, strategies, tune=["cut_gain"])
+    lono = {(x["fit_on"], x["scored_on"]): x for x in rep["lono"]}
+    assert set(lono) == {("net_a", "net_b"), ("net_b", "net_a")}
+    # net_a's digits pull cut_gain down; on net_b the cut then loses digits 6 points, which net_b's own fit avoids
+    a_to_b = lono[("net_a", "net_b")]
+    assert a_to_b["thresholds"]["cut_gain"] <= 0.08 and a_to_b["own_thresholds"] == {"cut_gain": 0.5}
+    assert a_to_b["mean_regret"] == pytest.approx(2, abs=0.01) and a_to_b["own_fit_mean_regret"] == 0
+    assert a_to_b["gap"] == pytest.approx(2, abs=0.01) and a_to_b["worst_domain"] == "digits"
+    b_to_a = lono[("net_b", "net_a")]
+    assert b_to_a["thresholds"] == {"cut_gain": 0.5} and b_to_a["mean_regret"] == pytest.approx(2 / 3, abs=0.01)
+    assert "Leave-one-network-out" in bench_advice.recipes_markdown(rep)
+
+
+def test_recipes_scores_only_complete_seeds_and_lists_the_rest(tmp_path, capsys, monkeypatch):
+    files = _write_recipes(tmp_path, skip={("net_a", "cells", 1, "lp_ft"), ("net_b", "photos", 0, "lp_ft"),
+                                           ("net_b", "photos", 1, "lp_ft")},
+                           no_measurement={("net_a", "digits", 0)})
+    groups, _, cov = bench_advice.load_recipe_groups(*files, grid=GRID)
+    by = {(g.network, g.task): g.seeds for g in groups}
+    assert by[("net_a", "cells")] == [0] and by[("net_a", "digits")] == [1] and ("net_b", "photos") not in by
+    assert len(groups) == 5 and cov["scored_seeds"] == 8
+    lacks = {(p["network"], p["task"], p["seed"]): p["lacks"] for p in cov["partial"]}
+    assert lacks == {("net_a", "cells", 1): ["lp_ft"], ("net_a", "digits", 0): ["measurement"],
+                     ("net_b", "photos", 0): ["lp_ft"], ("net_b", "photos", 1): ["lp_ft"]}
+    # the grid: 2 networks x 3 tasks x n in (10, 60) x seeds 0-2; n=60 and seed 2 were never run
+    assert cov["expected"] == 36 and cov["not_started"] == 36 - 12
+    monkeypatch.setattr(bench_advice, "recipes_grid", lambda: GRID)
+    assert bench_advice.main(["--suite", "recipes", "--results", str(files[0]), "--measurements", str(files[1]),
+                              "--tune", "cut_gain", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["suite"] == "recipes" and rep["coverage"]["groups"] == 5 and len(rep["lono"]) == 2
+    assert set(rep["networks"]["net_a"]["summary"]) >= {"rules (in-sample)", "rules, LODO (fit on this network)",
+                                                         "rules, LODO (fit on both networks)", "always lp_ft"}
+    empty = tmp_path / "none.jsonl"
+    assert bench_advice.main(["--suite", "recipes", "--results", str(empty), "--measurements", str(empty)]) == 1
+    assert "0 (network, task, n) groups scored" in capsys.readouterr().out
+
+
+def test_the_recipes_grid_is_read_from_bench_recipes_without_importing_it():
+    grid = bench_advice.recipes_grid()
+    assert grid["networks"] == ("efficientnet_lite0", "mobilenet_v1") and len(grid["tasks"]) == 11
+    assert grid["strategies"] == RECIPE_STRATEGIES
