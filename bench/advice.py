@@ -502,6 +502,10 @@ def best_plain(last: dict, network: str, task: str, n: int, seeds: list[int]) ->
 def _score_full(g: Group, policy: dict[int, str], strategies) -> dict:
     """regret (points below the best of graft's strategies), time (/ the baseline run), seconds and
     accuracy (means over the seeds) of per-seed choices on one group."""
+    unrun = sorted({policy[sd] for sd in g.seeds} - set(g.acc[g.seeds[0]]))
+    if unrun:
+        raise ValueError(f"{g.network} {g.task} n={g.n}: the rules choose {', '.join(unrun)}, which the bench "
+                         f"did not run (it ran {', '.join(strategies)}); score a table that chooses among them")
     regret, t = score(g, policy, strategies)
     return {"regret": regret, "time": t,
             "seconds": float(np.mean([g.sec[sd][policy[sd]] for sd in g.seeds])),
@@ -725,7 +729,11 @@ def main(argv=None) -> int:
         groups, strategies, coverage = load_recipe_groups(results, measurements)
         groups = [g for g in groups if (not args.n or g.n in args.n)
                   and (not args.network or g.network in args.network)]
-        rep = recipes_report(table, groups, strategies, tune, coverage)
+        try:
+            rep = recipes_report(table, groups, strategies, tune, coverage)
+        except ValueError as exc:
+            print(f"advice: {exc}", file=sys.stderr)
+            return 2
         print(json.dumps(rep, indent=1) if args.json else recipes_markdown(rep))
         if not groups:
             print("no (network, task, n) has a measurement and a graft run of every strategy yet", file=sys.stderr)

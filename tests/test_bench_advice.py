@@ -164,6 +164,10 @@ def test_recipes_replays_the_rules_on_the_measured_facts_per_network(tmp_path):
     edited = bench_advice.with_thresholds(load_rules(), {"cut_gain": 0.5})
     rows = {r["task"]: r for r in bench_advice.recipes_report(edited, groups, strategies, [])["networks"]["net_a"]["groups"]}
     assert rows["digits"]["choice"] == ["lp_ft"] * 2 and rows["digits"]["regret"] == pytest.approx(2, abs=0.01)
+    # a choice the bench never ran is an error that says so, not a KeyError
+    g = groups[0]
+    with pytest.raises(ValueError, match="finetune_or_scratch, which the bench did not run"):
+        bench_advice._score_full(g, {sd: "finetune_or_scratch" for sd in g.seeds}, strategies)
     md = bench_advice.recipes_markdown(rep)
     assert "#### net_a" in md and "| rules (in-sample) | 0.00 |" in md and "(recorded: linear_probe" in md
 
