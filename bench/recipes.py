@@ -82,14 +82,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm")
 FT_EPOCHS = (8, 15)
 #: (strategy, learning rate, flips, warm-up): the fine-tuning runs of the reference. `full` is every
 #: combination; `lean` (the default, GRAFT_BENCH_GRID=full for the other) drops the rarer pairs, so
-#: that all eleven domains x two networks fit on 2 CPUs: lr 3e-5 and no warm-up only with flips.
+#: that all eleven domains x two networks fit on 2 CPUs: lr 3e-5 only with flips, and no run without
+#: the warm-up (on the first two tasks it ended at 0.19-0.51, far below every warmed-up variant).
 FT_GRIDS = {
     "full": (("ft_all", 1e-4, True, True), ("ft_all", 1e-4, False, True), ("ft_all", 3e-5, True, True),
              ("ft_all", 3e-5, False, True), ("ft_all", 1e-4, True, False),
              ("ft_top", 1e-4, True, True), ("ft_top", 1e-4, False, True), ("ft_top", 3e-5, True, True),
              ("ft_top", 3e-5, False, True)),
     "lean": (("ft_all", 1e-4, True, True), ("ft_all", 1e-4, False, True), ("ft_all", 3e-5, True, True),
-             ("ft_all", 1e-4, True, False), ("ft_top", 1e-4, True, True), ("ft_top", 3e-5, True, True)),
+             ("ft_top", 1e-4, True, True), ("ft_top", 3e-5, True, True)),
 }
 FT_RUNS = FT_GRIDS[os.environ.get("GRAFT_BENCH_GRID", "lean")]
 PROBE_EPOCHS = (20, 100)
