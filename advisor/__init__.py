@@ -9,8 +9,8 @@ from it with `from advisor.advise import ...`).
 
 from advisor.advise import Advice, advise
 from advisor.dataset import DatasetFacts, list_images, scan
-from advisor.plan import Plan, dump_plan, load_plan, save_plan
 from advisor.rules import Decision, RuleTable, evaluate, load_rules
+from graft.plan import Plan, dump_plan, load_plan, save_plan
 
 __all__ = [
     "Advice",

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from advisor.dataset import DatasetFacts, scan
 from advisor.facts import derived
-from advisor.plan import (
+from advisor.rules import Decision, RuleTable, load_rules
+from graft.errors import GraftError, InputError
+from graft.plan import (
     DataPlan,
     DecisionRecord,
     Fallback,
@@ -36,8 +38,6 @@ from advisor.plan import (
     SurgeryPlan,
     TrainingPlan,
 )
-from advisor.rules import Decision, RuleTable, load_rules
-from graft.errors import GraftError, InputError
 
 DEFAULT_MODEL = "mobilenetv2"
 #: Training input side for networks that take any size: with a GPU (the size ImageNet networks are

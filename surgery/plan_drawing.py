@@ -1,7 +1,7 @@
 """The plan drawn as a network: blocks along the depth, coloured by what each training phase does.
 
     net = plan_network(plan)                      # -> PlanNetwork (data; the surgery is really done)
-    write_plan_drawing([net, plan_network(runner_up_plan(plan, table))], "plan.png")
+    write_plan_drawing([net, plan_network(runner_up)], "plan.png")
     console.print(PlanDiagram(net))               # the same picture in the terminal
 
 In the spirit of the four-case diagrams of transfer-learning courses: the pretrained network is a row
@@ -11,11 +11,14 @@ of blocks from the input to the output; blocks below the plan's cut (and the old
 row. The statuses are not guessed from the plan's words: `plan_network` runs the plan's own surgery
 (`surgery.prepare.prepare_model`) and each phase's `set_phase_trainable` on a copy, and reads the
 layers' trainable flags, so the picture is what `apply` trains.
+
+The drawing belongs to surgery because `surgery.run` writes it into the run directory (the report
+shows it). The runner-up is a rule-table answer, so the caller passes it in as a plan
+(`advisor.runner_up.runner_up_plan` builds it); surgery never reads the rules.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +30,15 @@ from matplotlib.patches import Patch, Rectangle
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
-from advisor.plan import Fallback, Phase, Plan
 from graft.atomic import atomic_path
+from graft.errors import GraftError
+from graft.plan import Plan
+from surgery.graph import LayerGraph, layer_graph
+from surgery.head import find_head
+from surgery.load import is_model_file, load_model
+from surgery.locate import nearest_cut_by_depth
+from surgery.prepare import DEPTH_REGIONS, load_backbone, prepare_model, set_phase_trainable
+from surgery.stages import candidate_cuts
 
 REMOVED, FROZEN, TUNED, REINIT, HEAD = "removed", "frozen", "fine-tuned", "reinitialized", "new head"
 COLORS = {REMOVED: "#d9d9d9", FROZEN: "#6baed6", TUNED: "#fd8d3c", REINIT: "#e7298a", HEAD: "#31a354"}
@@ -94,9 +104,6 @@ class PlanNetwork:
 def _load(plan: Plan, safe_mode: bool | None) -> keras.Model:
     """The plan's pretrained model; a keras.applications name is built without downloading weights
     (the drawing needs the architecture only)."""
-    from surgery.load import is_model_file, load_model
-    from surgery.prepare import load_backbone
-
     if is_model_file(plan.model.source):
         return load_backbone(plan, safe_mode)
     size = plan.model.input_size or plan.data.input_size
@@ -104,13 +111,14 @@ def _load(plan: Plan, safe_mode: bool | None) -> keras.Model:
                       input_shape=(int(size[0]), int(size[1]), int(plan.data.channels)))
 
 
-def plan_network(plan: Plan, backbone: keras.Model | None = None, label: str = "chosen",
+def plan_network(plan: Plan, backbone: keras.Model | LayerGraph | None = None, label: str = "chosen",
                  safe_mode: bool | None = None) -> PlanNetwork:
     """Do the plan's surgery on a copy and read, per phase, what is removed, frozen or trained.
 
     Args:
         plan: the plan.
-        backbone: the pretrained model, when already loaded (else loaded from `plan.model`).
+        backbone: the pretrained model or its `LayerGraph`, when already loaded (else loaded from
+            `plan.model`).
         label: `chosen` or `runner-up` (shown in the title).
         safe_mode: override `plan.model.safe_mode` when loading a model file.
 
@@ -120,16 +128,11 @@ def plan_network(plan: Plan, backbone: keras.Model | None = None, label: str = "
     Raises:
         ModelLoadError, InvalidCutError, PlanError: the plan does not fit the model.
     """
-    from advisor.embed import candidate_cuts
-    from surgery.graph import layer_graph
-    from surgery.head import find_head
-    from surgery.locate import nearest_cut_by_depth
-    from surgery.prepare import DEPTH_REGIONS, prepare_model, set_phase_trainable
-
-    original = backbone if backbone is not None else _load(plan, safe_mode)
-    graph = layer_graph(original)
-    prepared = prepare_model(plan, backbone=original)
-    pgraph = layer_graph(prepared.model)
+    loaded = backbone if backbone is not None else _load(plan, safe_mode)
+    graph = loaded if isinstance(loaded, LayerGraph) else layer_graph(loaded)
+    original = graph.model
+    prepared = prepare_model(plan, backbone=graph)
+    pgraph = prepared.graph
     by_name = {c.name: c for c in pgraph.calls.values() if c.is_layer}
     old_head = set(find_head(graph).layers)
     reinit = set(plan.surgery.reinitialize)
@@ -232,44 +235,6 @@ def _size(shape) -> int:
     return n
 
 
-def runner_up_plan(plan: Plan, table=None) -> Plan | None:
-    """The plan as it would be with the runner-up strategy (its phases and cut), or None.
-
-    Args:
-        plan: the chosen plan (`plan.decision.runner_up` names the runner-up).
-        table: the `RuleTable` the plan was made with; default: the rules file the plan's provenance
-            names (None comes back when that file is gone).
-    """
-    runner = plan.decision.runner_up
-    if not runner:
-        return None
-    if table is None:
-        from advisor.rules import load_rules
-        from graft.errors import GraftError
-
-        source = plan.provenance.rules
-        if not source or not Path(source).is_file():
-            return None
-        try:
-            table = load_rules(source, plan.provenance.overrides or None)
-        except GraftError:
-            return None
-    strategy = table.strategies.get(runner)
-    if strategy is None:
-        return None
-    alt = copy.deepcopy(plan)
-    alt.decision.strategy = runner
-    alt.decision.case = 0
-    alt.decision.runner_up = None
-    alt.surgery.cut = plan.facts.get("best_cut_layer") if strategy.get("cut") == "best" else None
-    alt.training.phases = [Phase(name=p["name"], trainable=p["trainable"], epochs=int(p["epochs"]),
-                                 learning_rate=float(p["learning_rate"]), weights=p.get("weights", "pretrained"))
-                           for p in strategy["phases"]]
-    fb = strategy.get("fallback")
-    alt.training.fallback = Fallback(fb["scratch_trial_epochs"], float(fb["margin"])) if fb else None
-    return alt
-
-
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
@@ -338,18 +303,28 @@ def write_plan_drawing(networks: list[PlanNetwork], path: str | os.PathLike, dpi
     return target
 
 
-def draw_plan(plan: Plan, path: str | os.PathLike, table=None, backbone: keras.Model | None = None,
+def draw_plan(plan: Plan, path: str | os.PathLike, runner_up: Plan | None = None,
+              backbone: keras.Model | LayerGraph | None = None,
               safe_mode: bool | None = None) -> tuple[Path, list[PlanNetwork]]:
-    """The plan and its runner-up, drawn side by side into `path` (the runner-up when it can be built).
+    """The plan and its runner-up, drawn side by side into `path`.
+
+    Args:
+        plan: the chosen plan.
+        path: the PNG to write (atomically).
+        runner_up: the runner-up's plan (`advisor.runner_up.runner_up_plan`), or None to draw the
+            plan alone.
+        backbone: the pretrained model (or its `LayerGraph`), when already loaded.
+        safe_mode: override `plan.model.safe_mode` when loading a model file.
 
     Returns:
         The PNG's path and the networks drawn.
     """
     original = backbone if backbone is not None else _load(plan, safe_mode)
-    nets = [plan_network(plan, original, "chosen")]
-    alt = runner_up_plan(plan, table)
+    graph = original if isinstance(original, LayerGraph) else layer_graph(original)  # one graph for both
+    nets = [plan_network(plan, graph, "chosen")]
+    alt = runner_up
     if alt is not None:
-        nets.append(plan_network(alt, original, "runner-up"))
+        nets.append(plan_network(alt, graph, "runner-up"))
     return write_plan_drawing(nets, path), nets
 
 
@@ -382,16 +357,15 @@ class PlanDiagram:
                    f"new head {_fmt_params(p['head'])} parameters")
 
 
-def draw_into_run(plan: Plan, run_dir: str | os.PathLike, safe_mode: bool | None = None) -> tuple[Path | None, str]:
-    """`apply`'s drawing: `RUN_DIR/plan.png`, with the runner-up from the plan's rules file.
+def draw_into_run(plan: Plan, run_dir: str | os.PathLike, safe_mode: bool | None = None,
+                  runner_up: Plan | None = None) -> tuple[Path | None, str]:
+    """`apply`'s drawing: `RUN_DIR/plan.png`, beside the runner-up when the caller passes it.
 
     Returns:
         `(path, "")`, or `(None, why)` when the plan cannot be drawn; a drawing never fails a run.
     """
-    from graft.errors import GraftError
-
     try:
-        path, _ = draw_plan(plan, Path(run_dir) / "plan.png", safe_mode=safe_mode)
+        path, _ = draw_plan(plan, Path(run_dir) / "plan.png", runner_up=runner_up, safe_mode=safe_mode)
     except (GraftError, ValueError, TypeError) as exc:
         return None, f"the plan could not be drawn ({type(exc).__name__}: {exc})"
     return path, ""
