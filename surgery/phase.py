@@ -144,8 +144,10 @@ class _Inputs:
     val: tuple | None = None
 
 
-def _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes, stop_after_epochs,
-                 total_done):
+def train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes, stop_after_epochs,
+                total_done):
+    """Train phase `i` from its last committed epoch; its `PhaseReport`, or None when
+    `stop_after_epochs` stopped it (its progress is committed)."""
     model = prepared.model
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -300,4 +302,4 @@ def dry_run_phases(plan, prepared) -> list[PhaseReport]:
     return reports
 
 
-__all__ = ["CHECKPOINT_SECONDS", "PhaseReport", "dry_run_phases", "phase_epochs"]
+__all__ = ["CHECKPOINT_SECONDS", "PhaseReport", "dry_run_phases", "phase_epochs", "train_phase"]

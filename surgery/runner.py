@@ -35,7 +35,7 @@ from graft.plan import Plan, load_plan
 from surgery import run_dir as rundir
 from surgery.evaluation import evaluate_run
 from surgery.fallback import initial_model, scratch_trial
-from surgery.phase import PhaseReport, _train_phase, dry_run_phases
+from surgery.phase import PhaseReport, train_phase, dry_run_phases
 from surgery.plan_drawing import draw_into_run
 from surgery.prepare import Prepared, prepare_model, to_mixed_precision, trainable_region
 from surgery.progress import Reporter
@@ -185,7 +185,7 @@ def _train_phases(plan, prepared: Prepared, data: RunData, run_dir: Path, state:
         if i < state["phases_done"]:
             continue
         with scope():
-            report = _train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
+            report = train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes,
                                   stop_after_epochs, total_done)
         if report is None:
             return False
