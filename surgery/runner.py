@@ -35,7 +35,7 @@ from graft.plan import Plan, load_plan
 from surgery import run_dir as rundir
 from surgery.evaluation import evaluate_run
 from surgery.fallback import initial_model, scratch_trial
-from surgery.phase import PhaseReport, train_phase, dry_run_phases
+from surgery.phase import PhaseReport, dry_run_phases, train_phase
 from surgery.plan_drawing import draw_into_run
 from surgery.prepare import Prepared, prepare_model, to_mixed_precision, trainable_region
 from surgery.progress import Reporter
