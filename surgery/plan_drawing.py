@@ -132,12 +132,39 @@ def plan_network(plan: Plan, backbone: keras.Model | LayerGraph | None = None, l
     graph = loaded if isinstance(loaded, LayerGraph) else layer_graph(loaded)
     original = graph.model
     prepared = prepare_model(plan, backbone=graph)
-    pgraph = prepared.graph
+    pgraph = prepared.layer_graph()
     by_name = {c.name: c for c in pgraph.calls.values() if c.is_layer}
     old_head = set(find_head(graph).layers)
     reinit = set(plan.surgery.reinitialize)
     depths = graph.depths()
 
+    body, head_old = _block_groups(plan, graph, pgraph, old_head)
+    statuses, trained = _phase_statuses(plan, prepared, by_name, reinit)
+    n_phases = len(plan.training.phases)
+    blocks, kept, removed = _body_blocks(graph, body, by_name, statuses, n_phases, depths)
+    if head_old:
+        p = sum(sum(_size(w.shape) for w in graph.calls[c].op.weights) for c in head_old if graph.calls[c].is_layer)
+        removed += p
+        blocks.append(Block(f"old head ({head_old[-1]})", len(head_old), p, None, 1.0, [REMOVED] * n_phases))
+    head_params = sum(sum(_size(w.shape) for w in pgraph.calls[c].op.weights) for c in prepared.head
+                      if pgraph.calls[c].is_layer)
+    blocks.append(Block("new head", len(prepared.head), head_params, None, 1.0, [HEAD] * n_phases))
+    notes = []
+    if plan.surgery.bn == "freeze":
+        notes.append("BatchNormalization layers stay frozen in every phase (bn: freeze)")
+    if plan.training.fallback is not None:
+        notes.append("a short trial first compares pretrained and random initialization (fallback)")
+    cut_depth = depths.get(plan.surgery.cut) if plan.surgery.cut else None
+    return PlanNetwork(
+        strategy=plan.decision.strategy or "plan", case=int(plan.decision.case or 0), label=label,
+        model=original.name, phases=[f"{ph.name} ({ph.trainable})" for ph in plan.training.phases],
+        blocks=blocks, cut=plan.surgery.cut, cut_depth=cut_depth,
+        params={"kept": int(kept), "removed": int(removed), "head": int(head_params), **trained},
+        bn=plan.surgery.bn, notes=notes)
+
+
+def _block_groups(plan: Plan, graph: LayerGraph, pgraph: LayerGraph, old_head: set[str]):
+    """The backbone's calls grouped into blocks (`body`), and the old head's calls (`head_old`)."""
     # Block ends: the network's stages (advise's candidate cuts), the plan's cut, where the trainable
     # regions begin, and the last feature map; the old head is one block.
     try:
@@ -159,7 +186,12 @@ def plan_network(plan: Plan, backbone: keras.Model | LayerGraph | None = None, l
             groups.append([])
     body = [g for g in groups if g and not set(g) <= old_head]
     head_old = [cid for g in groups for cid in g if cid in old_head]
+    return body, head_old
 
+
+def _phase_statuses(plan: Plan, prepared, by_name: dict, reinit: set[str]):
+    """Per kept layer, its status in each phase (read back from `set_phase_trainable`), and the
+    parameters each phase trains."""
     statuses: dict[str, list[str]] = {}
     trained: dict[str, int] = {}
     random_from = next((i for i, ph in enumerate(plan.training.phases) if ph.weights == "random"), None)
@@ -174,8 +206,13 @@ def plan_network(plan: Plan, backbone: keras.Model | LayerGraph | None = None, l
             else:
                 s = TUNED if on else FROZEN
             statuses.setdefault(name, []).append(s)
+    return statuses, trained
 
-    n_phases = len(plan.training.phases)
+
+def _body_blocks(graph: LayerGraph, body: list[list[str]], by_name: dict, statuses: dict, n_phases: int,
+                 depths: dict) -> tuple[list[Block], int, int]:
+    """One `Block` per group, with the status most of its parameters have in each phase; and the
+    parameters kept and removed."""
     blocks: list[Block] = []
     kept = removed = 0
     for g in body:
@@ -207,25 +244,7 @@ def plan_network(plan: Plan, backbone: keras.Model | LayerGraph | None = None, l
         blocks.append(Block(g[-1], layers, sum(sum(_size(w.shape) for w in graph.calls[c].op.weights)
                                                for c in g if graph.calls[c].is_layer),
                             int(shape[-1]) if len(shape) == 4 and shape[-1] else None, depths[g[-1]], per_phase))
-    if head_old:
-        p = sum(sum(_size(w.shape) for w in graph.calls[c].op.weights) for c in head_old if graph.calls[c].is_layer)
-        removed += p
-        blocks.append(Block(f"old head ({head_old[-1]})", len(head_old), p, None, 1.0, [REMOVED] * n_phases))
-    head_params = sum(sum(_size(w.shape) for w in pgraph.calls[c].op.weights) for c in prepared.head
-                      if pgraph.calls[c].is_layer)
-    blocks.append(Block("new head", len(prepared.head), head_params, None, 1.0, [HEAD] * n_phases))
-    notes = []
-    if plan.surgery.bn == "freeze":
-        notes.append("BatchNormalization layers stay frozen in every phase (bn: freeze)")
-    if plan.training.fallback is not None:
-        notes.append("a short trial first compares pretrained and random initialization (fallback)")
-    cut_depth = depths.get(plan.surgery.cut) if plan.surgery.cut else None
-    return PlanNetwork(
-        strategy=plan.decision.strategy or "plan", case=int(plan.decision.case or 0), label=label,
-        model=original.name, phases=[f"{ph.name} ({ph.trainable})" for ph in plan.training.phases],
-        blocks=blocks, cut=plan.surgery.cut, cut_depth=cut_depth,
-        params={"kept": int(kept), "removed": int(removed), "head": int(head_params), **trained},
-        bn=plan.surgery.bn, notes=notes)
+    return blocks, kept, removed
 
 
 def _size(shape) -> int:
