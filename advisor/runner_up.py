@@ -4,7 +4,9 @@
     draw_plan(plan, "plan.png", runner_up=alt)
 
 The runner-up's recipe lives in the rule table, so building its plan is the advisor's job; surgery
-draws whatever plan it is given (`surgery.plan_drawing`).
+draws whatever plan it is given (`surgery.plan_drawing`). Importing this module registers
+`runner_up_plan` with `graft.runner_up`, so `surgery.run(plan)` and `draw_plan(plan, path)` draw the runner-up from
+the plan's rules file when the caller passes none (surgery never imports the advisor).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from advisor.rules import load_rules
 from graft.errors import GraftError
 from graft.plan import Fallback, Phase, Plan
+from graft.runner_up import register_finder
 
 
 def runner_up_plan(plan: Plan, table=None) -> Plan | None:
@@ -50,3 +53,6 @@ def runner_up_plan(plan: Plan, table=None) -> Plan | None:
     fb = strategy.get("fallback")
     alt.training.fallback = Fallback(fb["scratch_trial_epochs"], float(fb["margin"])) if fb else None
     return alt
+
+
+register_finder(runner_up_plan)

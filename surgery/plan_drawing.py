@@ -13,8 +13,10 @@ row. The statuses are not guessed from the plan's words: `plan_network` runs the
 layers' trainable flags, so the picture is what `apply` trains.
 
 The drawing belongs to surgery because `surgery.run` writes it into the run directory (the report
-shows it). The runner-up is a rule-table answer, so the caller passes it in as a plan
-(`advisor.runner_up.runner_up_plan` builds it); surgery never reads the rules.
+shows it). The runner-up is a rule-table answer and surgery never reads rules, so the runner-up
+comes in as a plan: passed by the caller (`runner_up=`), or, when none is passed, from the finder
+the layer above registered in `graft.runner_up` (`advisor.runner_up` registers its
+`runner_up_plan`, which reads the plan's rules file, when `advisor` is imported).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from rich.text import Text
 from graft.atomic import atomic_path
 from graft.errors import GraftError
 from graft.plan import Plan
+from graft.runner_up import find as find_runner_up
 from surgery.graph import LayerGraph, layer_graph
 from surgery.head import find_head
 from surgery.load import is_model_file, load_model
@@ -330,8 +333,8 @@ def draw_plan(plan: Plan, path: str | os.PathLike, runner_up: Plan | None = None
     Args:
         plan: the chosen plan.
         path: the PNG to write (atomically).
-        runner_up: the runner-up's plan (`advisor.runner_up.runner_up_plan`), or None to draw the
-            plan alone.
+        runner_up: the runner-up's plan (`advisor.runner_up.runner_up_plan`); default: what the
+            registered finder gives (`graft.runner_up.find`), else the plan is drawn alone.
         backbone: the pretrained model (or its `LayerGraph`), when already loaded.
         safe_mode: override `plan.model.safe_mode` when loading a model file.
 
@@ -341,7 +344,7 @@ def draw_plan(plan: Plan, path: str | os.PathLike, runner_up: Plan | None = None
     original = backbone if backbone is not None else _load(plan, safe_mode)
     graph = original if isinstance(original, LayerGraph) else layer_graph(original)  # one graph for both
     nets = [plan_network(plan, graph, "chosen")]
-    alt = runner_up
+    alt = runner_up if runner_up is not None else find_runner_up(plan)
     if alt is not None:
         nets.append(plan_network(alt, graph, "runner-up"))
     return write_plan_drawing(nets, path), nets
@@ -378,7 +381,7 @@ class PlanDiagram:
 
 def draw_into_run(plan: Plan, run_dir: str | os.PathLike, safe_mode: bool | None = None,
                   runner_up: Plan | None = None) -> tuple[Path | None, str]:
-    """`apply`'s drawing: `RUN_DIR/plan.png`, beside the runner-up when the caller passes it.
+    """`apply`'s drawing: `RUN_DIR/plan.png`, beside the runner-up (`draw_plan`).
 
     Returns:
         `(path, "")`, or `(None, why)` when the plan cannot be drawn; a drawing never fails a run.

@@ -101,8 +101,9 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         reporter: receives progress messages and per-epoch results.
         stop_after_epochs: stop (as if interrupted) after this many epochs in total; for tests and
             for splitting a long run across sessions, then `resume=True`.
-        runner_up: the plan drawn beside this one in `plan.png` (the advisor's runner-up,
-            `advisor.runner_up.runner_up_plan(plan)`; `graft apply` passes it); None draws the plan alone.
+        runner_up: the plan drawn beside this one in `plan.png`; default: the registered finder's
+            (`graft.runner_up.find`: the advisor's runner-up from the plan's rules
+            file once `advisor` is imported), else the plan is drawn alone.
 
     Returns:
         `RunResult`.
