@@ -62,8 +62,7 @@ def create(run_dir: Path) -> None:
 
 def begin(run_dir: Path, plan, resume: bool) -> dict | None:
     """Under the lock: the run's state, checked again (another apply may have started or finished
-    since), after clearing what a killed write left. A new run commits the resolved plan and its
-    first `state.json`; returns None for it, as for "nothing to resume"."""
+    since); what a killed write left is cleared. None when the folder holds no run yet."""
     plan_sha = plan_hash(plan)
     state = existing_run(run_dir, plan_sha, resume)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "features"):
