@@ -1,7 +1,7 @@
 """graft's command line: `python cli.py COMMAND ...`.
 
 This file only parses arguments, calls library functions and renders their results; each command
-lives in its own module under `graft/commands/` and registers itself with `register(subparsers)`.
+lives in its own module under `commands/` and registers itself with `register(subparsers)`.
 Exit codes: 0 ok, 1 failed, 2 bad input or usage, 130 interrupted.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
 
-from graft.commands import COMMANDS  # noqa: E402
+from commands import COMMANDS  # noqa: E402
 from graft.errors import GraftError  # noqa: E402
 from graft.quiet import import_tensorflow_quietly  # noqa: E402
 

@@ -9,8 +9,9 @@ from it with `from advisor.advise import ...`).
 
 from advisor.advise import Advice, advise
 from advisor.dataset import DatasetFacts, list_images, scan
-from advisor.plan import Plan, dump_plan, load_plan, save_plan
 from advisor.rules import Decision, RuleTable, evaluate, load_rules
+from advisor.runner_up import runner_up_plan  # also registers it as surgery's runner-up finder
+from graft.plan import Plan, dump_plan, load_plan, save_plan
 
 __all__ = [
     "Advice",
@@ -24,6 +25,7 @@ __all__ = [
     "list_images",
     "load_plan",
     "load_rules",
+    "runner_up_plan",
     "save_plan",
     "scan",
 ]

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from advisor.dataset import DatasetFacts, scan
 from advisor.facts import derived
-from advisor.plan import (
+from advisor.rules import Decision, RuleTable, load_rules
+from graft.errors import GraftError, InputError
+from graft.plan import (
     DataPlan,
     DecisionRecord,
     Fallback,
@@ -36,8 +38,6 @@ from advisor.plan import (
     SurgeryPlan,
     TrainingPlan,
 )
-from advisor.rules import Decision, RuleTable, load_rules
-from graft.errors import GraftError, InputError
 
 DEFAULT_MODEL = "mobilenetv2"
 #: Training input side for networks that take any size: with a GPU (the size ImageNet networks are
@@ -107,10 +107,12 @@ class Advice:
 
 
 def model_facts(model, source: str) -> ModelFacts:
-    """Layers, BatchNormalization, input size and channels of a loaded model."""
-    from surgery import layer_graph
+    """Layers, BatchNormalization, input size and channels of a loaded model (or its `LayerGraph`)."""
+    from surgery import LayerGraph, layer_graph
 
-    summary = layer_graph(model).summary()
+    graph = model if isinstance(model, LayerGraph) else layer_graph(model)
+    model = graph.model
+    summary = graph.summary()
     shape = model.inputs[0].shape if model.inputs else (None, None, None, 3)
     size = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
     return ModelFacts(source, model.name, summary["layers"], summary["batchnorm_layers"] > 0, size,
@@ -386,10 +388,11 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
         source = str(Path(source).resolve())  # like data.path: the plan works from any directory
     weights = weights or ("file" if is_file else "imagenet")
     if model is not None:
-        from surgery import load_model
+        from surgery import layer_graph, load_model
 
         net = load_model(model, weights="imagenet" if weights == "file" else weights, safe_mode=safe_mode)
-        mfacts = model_facts(net, source)
+        graph = layer_graph(net)  # built once: the model facts and the measurement read it
+        mfacts = model_facts(graph, source)
         facts.update(model_layers=mfacts.layers, model_has_batchnorm=mfacts.has_batchnorm,
                      model_channels=mfacts.channels,
                      model_input_size=min(mfacts.input_size) if mfacts.input_size else None)
@@ -400,7 +403,7 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
                 progress("measure", 0)
             kwargs = {"per_class": per_class} if per_class else {}
             try:
-                emb = measure_embeddings(dataset, net, reference=reference, safe_mode=safe_mode, **kwargs)
+                emb = measure_embeddings(dataset, graph, reference=reference, safe_mode=safe_mode, **kwargs)
             except InputError:
                 raise
             except (GraftError, ValueError, RuntimeError, MemoryError) as exc:

@@ -181,7 +181,7 @@ def check_augmentation(net, dataset: str | Path, proposed: dict, *, size: int | 
         measured and the proposal is kept as it is, with a note saying so.
     """
     from advisor.embed import input_size, load_images, sample_dataset
-    from advisor.preprocessing import model_preprocessing
+    from graft.preprocessing import model_preprocessing
 
     if not proposed:
         return AugmentationCheck(proposed={}, kept={}, note=None)

@@ -25,10 +25,11 @@ import keras
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from advisor.preprocessing import Preprocessing, model_preprocessing
 from graft.errors import DatasetError, InputError
+from graft.preprocessing import Preprocessing, model_preprocessing
 from surgery import CutPoint, LayerGraph, layer_graph
 from surgery.rebuild import Replay, replay
+from surgery.stages import candidate_cuts  # noqa: F401 - re-exported: advisor.embed.candidate_cuts
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_PER_CLASS = 50
@@ -151,29 +152,6 @@ class Embeddings:
         if first is None:
             first = next(iter(self.stat_mean.values()))
         return int(first.shape[0])
-
-
-def candidate_cuts(graph: LayerGraph, max_cuts: int = 24) -> list[CutPoint]:
-    """The cut points worth scoring: the end of each run of same-width layers, up to the features.
-
-    Consecutive cut points with the same channel count (conv, its BN, its activation, a pooling) are
-    one stage of the network; only the last of each run is kept, since it is what the next stage
-    reads. Cuts after the last spatial feature map (the classification head) and the input
-    preprocessing (3 channels) are left out. More than `max_cuts` are thinned evenly, keeping the last.
-
-    Raises:
-        InputError: the model has no spatial cut point.
-    """
-    cuts = graph.cut_points()
-    spatial = [i for i, c in enumerate(cuts) if len(c.shape) == 4]
-    if not spatial:
-        raise InputError(f"Model {graph.model.name!r} has no spatial feature map to embed images with.")
-    body = [c for c in cuts[: spatial[-1] + 1] if len(c.shape) == 4 and c.shape[-1] != 3]
-    kept = [c for i, c in enumerate(body) if i + 1 == len(body) or body[i + 1].shape[-1] != c.shape[-1]]
-    if len(kept) > max_cuts:
-        idx = np.unique(np.round(np.linspace(0, len(kept) - 1, max_cuts)).astype(int))
-        kept = [kept[i] for i in idx]
-    return kept
 
 
 def batchnorm_layers(graph: LayerGraph) -> list[str]:

@@ -26,10 +26,10 @@ import keras
 import numpy as np
 
 from advisor.embed import ImageSample, embed, load_images, sample_dataset
-from advisor.preprocessing import model_preprocessing
 from advisor.similarity import Similarity, bn_reference, similarity
 from advisor.transfer import Transferability, standardize, transferability
 from graft.errors import InputError
+from graft.preprocessing import model_preprocessing
 from surgery import CutPoint, LayerGraph, layer_graph, load_model
 from surgery.layer_table import LayerRow, layer_rows
 from surgery.rebuild import Replay, replay

@@ -36,7 +36,7 @@ from advisor.similarity import (
 )
 from advisor.transfer import Transferability, transferability
 from graft.errors import DatasetError, InputError
-from surgery import layer_graph, load_model
+from surgery import LayerGraph, layer_graph, load_model
 
 
 @dataclass
@@ -160,7 +160,7 @@ def _reference(source: str | os.PathLike, graph, size: int | None, per_class: in
     return sample_reference(embed(graph, sample, size=size), f"reference sample {path}")
 
 
-def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike | keras.Model,
+def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike | keras.Model | LayerGraph,
             weights: str = "none", per_class: int = DEFAULT_PER_CLASS, cap: int = DEFAULT_CAP,
             size: int | None = None, reference: str | os.PathLike | None = None,
             bootstrap: int = 200, method: str = "ridge_loo", seed: int = 0,
@@ -169,7 +169,7 @@ def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike |
 
     Args:
         dataset: a folder `root/<class>/<images>` (or an `ImageSample` already drawn).
-        model: a `keras.Model`, a model file, or a `keras.applications` name.
+        model: a `keras.Model` (or its `LayerGraph`), a model file, or a `keras.applications` name.
         weights: for a `keras.applications` name: `none`, `imagenet` or a weights file.
         per_class, cap: sample size per class and in all (bounds the cost on large data sets).
         size: input size for models that accept any size (default 160).
@@ -187,8 +187,12 @@ def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike |
         DatasetError, ModelLoadError, InputError: bad data set, model or reference.
     """
     start = time.perf_counter()
-    net = model if isinstance(model, keras.Model) else load_model(model, weights=weights, safe_mode=safe_mode)
-    graph = layer_graph(net)
+    if isinstance(model, LayerGraph):  # already built by the caller: one graph per model
+        graph = model
+    else:
+        net = model if isinstance(model, keras.Model) else load_model(model, weights=weights, safe_mode=safe_mode)
+        graph = layer_graph(net)
+    net = graph.model
     sample = dataset if isinstance(dataset, ImageSample) else sample_dataset(dataset, per_class, cap, seed)
     emb = embed(graph, sample, size=size)
     notes = []

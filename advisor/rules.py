@@ -1,4 +1,4 @@
-"""The rules engine: load and check a rules file, evaluate it over facts, trace every step.
+"""The rules engine: load and check a rules file (evaluation is `advisor.decide`, the table `advisor.rule_table`).
 
 A rules file (the default is `rules.yaml` at the project root; format in docs/rules.md) holds:
 
@@ -22,219 +22,38 @@ fact space into. Errors read `rules.yaml:LINE: what is wrong; did you mean ...`.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import itertools
 import math
 import os
 import string
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from advisor.decide import ConditionTrace, Decision, RuleTrace, evaluate, format_reason
 from advisor.facts import FACTS, FactSpec
+from advisor.rule_table import (
+    _GAP_POINT_LIMIT,
+    AUGMENTATION_KEYS,
+    CUTS,
+    DEFAULT_RULES,
+    HIT_POLICIES,
+    MODIFIER_ACTIONS,
+    OPS,
+    PHASE_KEYS,
+    RULES_VERSION,
+    SCHEDULES,
+    SOLVERS,
+    STRATEGY_THEN,
+    TRAINABLE,
+    Condition,
+    Rule,
+    RuleTable,
+    Threshold,
+    _fmt,
+)
 from graft.errors import InputError, RulesError
 from graft.yamlio import YamlDoc, load_yaml
-
-RULES_VERSION = 1
-DEFAULT_RULES = Path(__file__).resolve().parents[1] / "rules.yaml"
-OPS = ("lt", "le", "gt", "ge", "eq", "ne", "in", "not_in", "between", "known")
-HIT_POLICIES = ("first", "unique")
-STRATEGY_THEN = ("strategy", "case", "runner_up")
-CUTS = ("top", "best")
-SCHEDULES = ("constant", "cosine")
-SOLVERS = ("auto", "convex", "gradient")
-TRAINABLE = ("head", "all", "top_third", "top_half", "from_cut")
-PHASE_KEYS = ("name", "trainable", "epochs", "learning_rate", "backbone_learning_rate", "optimizer",
-              "early_stopping_patience", "weights", "min_steps", "schedule", "solver")
-MODIFIER_ACTIONS = {
-    "class_weights": ("balanced",),
-    "augmentation": dict,
-    "channels": ("gray_to_rgb", "rgb_to_gray"),
-    "resolution": ("upsample", "downsample"),
-    "epochs_scale": float,
-    "batch_size": int,
-    "validation_split": float,
-    "skip_corrupt": bool,
-}
-AUGMENTATION_KEYS = ("flip", "rotation", "zoom", "contrast", "translation")
-_GAP_POINT_LIMIT = 500_000
-
-
-# --------------------------------------------------------------------------------------------- model
-
-
-@dataclass
-class Threshold:
-    """A named number rules compare facts with."""
-
-    name: str
-    value: float
-    doc: str = ""
-    line: int = 0
-
-
-@dataclass
-class Condition:
-    """`fact op value`; `threshold` names the threshold the value came from, if any."""
-
-    fact: str
-    op: str
-    value: object
-    threshold: str | list | None = None
-    line: int = 0
-
-    def test(self, actual) -> bool:
-        """Whether `actual` satisfies the condition; an unknown fact satisfies only `known: false`."""
-        if self.op == "known":
-            return (actual is not None) == bool(self.value)
-        if actual is None:
-            return False
-        v = self.value
-        if self.op == "lt":
-            return actual < v
-        if self.op == "le":
-            return actual <= v
-        if self.op == "gt":
-            return actual > v
-        if self.op == "ge":
-            return actual >= v
-        if self.op == "eq":
-            return actual == v
-        if self.op == "ne":
-            return actual != v
-        if self.op == "in":
-            return actual in v
-        if self.op == "not_in":
-            return actual not in v
-        if self.op == "between":
-            return v[0] <= actual <= v[1]
-        raise AssertionError(self.op)
-
-    def text(self) -> str:
-        """`images < small_dataset (10000)` - how the report prints it."""
-        sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=", "in": "in",
-               "not_in": "not in", "between": "between", "known": "known"}[self.op]
-        if self.op == "known":
-            return f"{self.fact} is {'known' if self.value else 'unknown'}"
-        if self.threshold:
-            ref = self.threshold if isinstance(self.threshold, str) else "..".join(map(str, self.threshold))
-            return f"{self.fact} {sym} {ref} ({_fmt(self.value)})"
-        return f"{self.fact} {sym} {_fmt(self.value)}"
-
-
-@dataclass
-class Rule:
-    """One row of a decision table."""
-
-    name: str
-    table: str
-    conditions: list[Condition]
-    then: dict
-    reason: str
-    line: int = 0
-
-    def matches(self, facts: dict) -> bool:
-        return all(c.test(facts.get(c.fact)) for c in self.conditions)
-
-
-@dataclass
-class RuleTable:
-    """A loaded, checked rules file."""
-
-    version: int
-    thresholds: dict[str, Threshold]
-    strategies: dict[str, dict]
-    strategy_rules: list[Rule]
-    modifier_rules: list[Rule]
-    hit_policy: str
-    source: str
-    sha256: str
-    doc: YamlDoc | None = field(default=None, repr=False)
-    overrides: dict[str, float] = field(default_factory=dict)
-
-    def threshold(self, name: str) -> float:
-        return self.thresholds[name].value
-
-
-# --------------------------------------------------------------------------------------------- trace
-
-
-@dataclass
-class ConditionTrace:
-    """One condition of one rule, evaluated."""
-
-    fact: str
-    op: str
-    expected: object
-    threshold: str | list | None
-    actual: object
-    passed: bool
-    text: str
-
-
-@dataclass
-class RuleTrace:
-    """One rule, evaluated: every condition, whether it matched, its reason when it did."""
-
-    table: str
-    name: str
-    line: int
-    matched: bool
-    conditions: list[ConditionTrace]
-    then: dict
-    reason: str = ""
-
-    @property
-    def failed(self) -> list[ConditionTrace]:
-        return [c for c in self.conditions if not c.passed]
-
-
-@dataclass
-class Decision:
-    """What the rules decided, and why.
-
-    Attributes:
-        strategy: the winning strategy name; `case` its classic case (1-4, 0 = none of them).
-        rule: the winning rule; `reason` its reason with the facts filled in.
-        runner_up: the strategy the rule names as the next best choice (or None).
-        also_matched: other strategy rules that matched (lower priority under `first`).
-        near_misses: strategy rules that failed exactly one condition: `{rule, condition, actual}`.
-        modifiers: the collected actions of every matching modifier rule (later rules override
-            earlier ones key by key; `augmentation` dicts are merged).
-        modifier_rules: `(rule, reason)` of each modifier rule that matched.
-        trace: every rule of both tables, evaluated.
-        hit_policy: the strategy table's hit policy.
-    """
-
-    strategy: str
-    case: int
-    rule: str
-    reason: str
-    runner_up: str | None
-    also_matched: list[str]
-    near_misses: list[dict]
-    modifiers: dict
-    modifier_rules: list[tuple[str, str]]
-    trace: list[RuleTrace]
-    hit_policy: str
-
-    def to_dict(self) -> dict:
-        return {
-            "strategy": self.strategy, "case": self.case, "rule": self.rule, "reason": self.reason,
-            "runner_up": self.runner_up, "also_matched": list(self.also_matched),
-            "near_misses": [dict(m) for m in self.near_misses], "modifiers": copy.deepcopy(self.modifiers),
-            "modifier_rules": [{"rule": r, "reason": why} for r, why in self.modifier_rules],
-            "hit_policy": self.hit_policy, "trace": [_rule_trace_dict(t) for t in self.trace],
-        }
-
-
-def _rule_trace_dict(t: RuleTrace) -> dict:
-    d = asdict(t)
-    for c in d["conditions"]:
-        c["actual"] = _plain(c["actual"])
-    return d
-
 
 # --------------------------------------------------------------------------------------------- loading
 
@@ -617,93 +436,6 @@ def check_table(table: RuleTable) -> None:
                              "taken by a rule above it (hit_policy first); move it up or remove it")
 
 
-# --------------------------------------------------------------------------------------------- evaluation
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if v is None:
-        return "unknown"
-    return str(v)
-
-
-def _plain(v):
-    if hasattr(v, "item"):
-        return v.item()
-    return v
-
-
-class _Facts(dict):
-    def __missing__(self, key):
-        return None
-
-
-class _ReasonFormatter(string.Formatter):
-    """`str.format` where an unknown value (or one its format spec does not fit) reads plainly."""
-
-    def format_field(self, value, format_spec):
-        if value is None:
-            return "unknown"
-        try:
-            return format(value, format_spec)
-        except (ValueError, TypeError):
-            return _fmt(value)
-
-
-def format_reason(reason: str, facts: dict, table: RuleTable) -> str:
-    """Fill `{fact}` and `{threshold}` placeholders; unknown facts read 'unknown', the others keep
-    their format spec (`{similarity:.2f}`)."""
-    values = _Facts(facts)
-    values.update({k: t.value for k, t in table.thresholds.items()})
-    return _ReasonFormatter().vformat(reason, (), values)
-
-
-def _trace(rule: Rule, facts: dict, table: RuleTable) -> RuleTrace:
-    conds = [ConditionTrace(c.fact, c.op, c.value, c.threshold, _plain(facts.get(c.fact)),
-                            c.test(facts.get(c.fact)), c.text()) for c in rule.conditions]
-    matched = all(c.passed for c in conds)
-    return RuleTrace(rule.table, rule.name, rule.line, matched, conds, copy.deepcopy(rule.then),
-                     format_reason(rule.reason, facts, table) if matched else "")
-
-
-def evaluate(table: RuleTable, facts: dict) -> Decision:
-    """Run both tables over `facts`.
-
-    Args:
-        table: a loaded `RuleTable`.
-        facts: fact name -> value (missing facts are unknown).
-
-    Returns:
-        The `Decision` with its full trace.
-    """
-    facts = {name: facts.get(name) for name in FACTS} | {k: v for k, v in facts.items() if k not in FACTS}
-    strace = [_trace(r, facts, table) for r in table.strategy_rules]
-    matched = [t for t in strace if t.matched]
-    if not matched:  # the load-time gap check makes this unreachable for facts inside the checked space
-        raise RulesError(f"{table.source}: no strategy rule matches these facts; add a catch-all rule")
-    if table.hit_policy == "unique" and len(matched) > 1:
-        raise RulesError(f"{table.source}:{matched[1].line}: rules '{matched[0].name}' and '{matched[1].name}' "
-                         "both match (hit_policy unique)")
-    win = matched[0]
-    near = [{"rule": t.name, "line": t.line, "condition": t.failed[0].text,
-             "actual": t.failed[0].actual} for t in strace if len(t.failed) == 1]
-    mtrace = [_trace(r, facts, table) for r in table.modifier_rules]
-    modifiers: dict = {}
-    fired = []
-    for t in mtrace:
-        if not t.matched:
-            continue
-        fired.append((t.name, t.reason))
-        for key, value in t.then.items():
-            if key == "augmentation":
-                modifiers.setdefault("augmentation", {}).update(value)
-            else:
-                modifiers[key] = value
-    return Decision(win.then["strategy"], win.then["case"], win.name, win.reason, win.then.get("runner_up"),
-                    [t.name for t in matched[1:]], near, modifiers, fired, strace + mtrace, table.hit_policy)
-
-
 def _string_keys(data):
     """`data` with every non-string key written as JSON writes it (`1` -> `"1"`), so that keys of
     mixed types still sort; data with string keys only is returned as it is."""
@@ -725,3 +457,8 @@ def _canonical(data) -> str:
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (what the plan's provenance records)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+__all__ = ["DEFAULT_RULES", "RULES_VERSION", "Condition", "ConditionTrace", "Decision", "Rule", "RuleTable",
+           "RuleTrace", "Threshold", "check_table", "evaluate", "file_sha256", "format_reason", "load_rules",
+           "parse_overrides"]

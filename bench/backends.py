@@ -32,7 +32,8 @@ def measure(out: Path, jit: str = "auto") -> dict:
     sys.path.insert(0, str(ROOT))
     import keras
 
-    from advisor.plan import (
+    from graft.hardware import device
+    from graft.plan import (
         DataPlan,
         HeadPlan,
         ModelSpec,
@@ -42,10 +43,9 @@ def measure(out: Path, jit: str = "auto") -> dict:
         SurgeryPlan,
         TrainingPlan,
     )
-    from graft.hardware import device
     from surgery import run
     from surgery.pipeline import DataSpec, make_dataset
-    from surgery.runner import _data
+    from surgery.run_data import run_data as _data
 
     os.environ["GRAFT_CHECKPOINT_SECONDS"] = "0"
     plan = Plan.from_dict(Plan(

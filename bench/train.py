@@ -55,7 +55,7 @@ def write_dataset(root: Path, per_class: int, seed: int) -> Path:
 
 def split_dirs(data: Path, root: Path, val: float, test: float, seed: int) -> dict[str, Path]:
     """The same stratified split graft makes, as train/val/test folders for the baseline."""
-    from advisor.dataset import list_images
+    from graft.images import list_images
     from surgery.pipeline import stratified_split
 
     listing = list_images(data)
@@ -109,7 +109,7 @@ def baseline(dirs: dict[str, Path], size: int, batch: int, phases: list[dict], s
 
 def graft(data: Path, root: Path, size: int, batch: int, phases: list[dict], val: float, test: float,
           seed: int, name: str) -> dict:
-    from advisor.plan import (
+    from graft.plan import (
         DataPlan,
         HeadPlan,
         ModelSpec,

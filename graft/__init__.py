@@ -1,7 +1,10 @@
 """graft: transfer-learning advice and network surgery for Keras 3 image CNNs.
 
 The library lives in two packages, `advisor` (facts, rules, plans) and `surgery` (layer graph, edits,
-training). This package holds what both share: the version and the exception hierarchy.
+training). This package is the floor both stand on, and imports nothing of theirs: the version, the
+exception hierarchy (`errors`), the plan schema (`plan`), the image listing (`images`), preprocessing
+conventions (`preprocessing`), atomic writes, the run-directory lock, YAML with line numbers, the
+console and hardware detection. Layers: docs/architecture.md.
 """
 
 from graft.errors import (

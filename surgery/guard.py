@@ -18,8 +18,8 @@ The evidence, in order of strength:
   alone predicts new ones (its cross-validated accuracy, less two standard errors) has lost what
   the pretrained backbone knew, and the head-only model is kept.
 
-    path = head_only_file(run_dir)        # written when the convex phase ends
-    verdict = judge(state, ft_accuracy, on="val")
+    keep_head_only(plan, model, run_dir)  # when the head phase ends (surgery.runner)
+    verdict = check(plan, model, data, state, run_dir)   # when the backbone phases end
 """
 
 from __future__ import annotations
@@ -89,4 +89,35 @@ def judge(head: dict, fine_tuned: float, on: str) -> dict:
             "head_only_accuracy": round(ref, 4), "threshold": round(threshold, 4), "reason": reason}
 
 
-__all__ = ["HEAD_ONLY", "applies", "head_only_file", "head_only_scores", "judge"]
+def keep_head_only(plan, model, run_dir: Path) -> None:
+    """Save the head-only model's weights, once, when a guarded plan's head phase has ended."""
+    from surgery.train import save_weights_atomic
+
+    path = head_only_file(run_dir)
+    if applies(plan) and not path.exists():
+        save_weights_atomic(model, path)
+
+
+def check(plan, model, data, state: dict, run_dir: Path, notes: list[str], distributed: bool = False) -> None:
+    """Judge the fine-tuned model once (the verdict is kept in `state["guard"]`, so a resumed run
+    does not judge again), load the head-only weights back when it loses, and say so in `notes`."""
+    from graft.atomic import write_json
+    from surgery.bottleneck import predict
+
+    path = head_only_file(run_dir)
+    if not applies(plan) or not path.exists() and state.get("guard") is None:
+        return
+    if state.get("guard") is None:
+        on, (files, labels) = ("val", data.val) if data.val[0] else ("train", data.train)
+        prob, y = predict(model, files, labels, data.spec, distributed)
+        verdict = judge(head_only_scores(state, plan.training.phases[0].name),
+                        float((prob.argmax(axis=1) == y).mean()), on=on)
+        verdict["images"] = len(y)
+        state["guard"] = verdict
+        write_json(Path(run_dir) / "state.json", state)
+    if state["guard"]["keep"] == "head_only":
+        model.load_weights(path)
+    notes.append("guard: " + state["guard"]["reason"])
+
+
+__all__ = ["HEAD_ONLY", "applies", "check", "head_only_file", "head_only_scores", "judge", "keep_head_only"]

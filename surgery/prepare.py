@@ -21,7 +21,7 @@ from surgery.locate import locate, nearest_cut_by_depth
 from surgery.reinit import reinitialize
 
 #: The `preprocess_input` mode of each keras.applications module whose preprocessing sits outside
-#: the model (`advisor.preprocessing` finds the module from the model's name).
+#: the model (`graft.preprocessing` finds the module from the model's name).
 _MODES = {"resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe", "densenet": "torch", "resnet_v2": "tf",
           "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf", "inception_resnet_v2": "tf",
           "xception": "tf", "nasnet": "tf"}
@@ -42,6 +42,8 @@ class Prepared:
         features: call id of the backbone's last layer (what feeds the head).
         preprocessing: how raw 0..255 pixels become the backbone's input (words, for the report).
         notes: things the report should mention (e.g. layers reinitialized).
+        graph: `model`'s layer graph, built once when the model is made and handed to every step
+            that reads the model's structure (a new model, after any edit, comes with a new one).
     """
 
     model: keras.Model
@@ -49,10 +51,17 @@ class Prepared:
     features: str
     preprocessing: str
     notes: list[str] = field(default_factory=list)
+    graph: LayerGraph | None = field(default=None, repr=False)
+
+    def layer_graph(self) -> LayerGraph:
+        """The graph of `model`: the one handed along, rebuilt only if `model` was swapped."""
+        if self.graph is None or self.graph.model is not self.model:
+            self.graph = layer_graph(self.model)
+        return self.graph
 
 
 def _preprocessing_mode(found: str) -> str | None:
-    """The mode of `advisor.preprocessing`'s answer `keras.applications.<module>.preprocess_input`."""
+    """The mode of `graft.preprocessing`'s answer `keras.applications.<module>.preprocess_input`."""
     if not found.startswith("keras.applications."):
         return None
     return _MODES.get(found.split(".")[2])
@@ -83,7 +92,7 @@ def with_preprocessing(model: keras.Model) -> tuple[keras.Model, str]:
         (model, description). Models that carry their own preprocessing (a Rescaling or
         Normalization layer) come back unchanged.
     """
-    from advisor.preprocessing import model_preprocessing
+    from graft.preprocessing import model_preprocessing
 
     found = model_preprocessing(model).name
     mode = _preprocessing_mode(found)
@@ -110,9 +119,10 @@ def load_backbone(plan, safe_mode: bool | None = None) -> keras.Model:
 
 
 def _prepared(model: keras.Model, preprocessing: str, notes: list[str]) -> Prepared:
-    info = find_head(model)
+    graph = layer_graph(model)  # the one graph of this model state
+    info = find_head(graph)
     return Prepared(model=model, head=list(info.layers), features=info.features.name,
-                    preprocessing=preprocessing, notes=notes)
+                    preprocessing=preprocessing, notes=notes, graph=graph)
 
 
 def _check_input(model: keras.Model, plan) -> None:
@@ -131,13 +141,15 @@ def _check_input(model: keras.Model, plan) -> None:
                         f"set data.channels: {c} in the plan.")
 
 
-def prepare_model(plan, safe_mode: bool | None = None, backbone: keras.Model | None = None) -> Prepared:
+def prepare_model(plan, safe_mode: bool | None = None,
+                  backbone: keras.Model | LayerGraph | None = None) -> Prepared:
     """Load the model the plan names and do its surgery.
 
     Args:
-        plan: an `advisor.plan.Plan`.
+        plan: an `graft.plan.Plan`.
         safe_mode: override `plan.model.safe_mode`.
-        backbone: an already loaded model to use instead of loading `plan.model.source`.
+        backbone: an already loaded model (or its `LayerGraph`, which then is not built again) to use
+            instead of loading `plan.model.source`.
 
     Returns:
         `Prepared`: the model with preprocessing, cut and new head, and the head's layer ids.
@@ -145,7 +157,8 @@ def prepare_model(plan, safe_mode: bool | None = None, backbone: keras.Model | N
     Raises:
         ModelLoadError, InvalidCutError, LayerNotFoundError, PlanError: the plan does not fit the model.
     """
-    model = backbone if backbone is not None else load_backbone(plan, safe_mode)
+    graph = backbone if isinstance(backbone, LayerGraph) else None
+    model = graph.model if graph is not None else backbone if backbone is not None else load_backbone(plan, safe_mode)
     _check_input(model, plan)
     notes: list[str] = []
     if plan.data.preprocessing == "model":
@@ -153,7 +166,8 @@ def prepare_model(plan, safe_mode: bool | None = None, backbone: keras.Model | N
     else:
         pre = "none (the plan says data.preprocessing: none; raw 0..255 pixels)"
     head = plan.surgery.head
-    model = replace_head(model, classes=head.classes, pooling=head.pooling, hidden=head.hidden,
+    source = graph if graph is not None and graph.model is model else model
+    model = replace_head(source, classes=head.classes, pooling=head.pooling, hidden=head.hidden,
                          dropout=head.dropout, activation=head.activation, at=plan.surgery.cut)
     if plan.surgery.reinitialize:
         model = reinitialize(model, layers=plan.surgery.reinitialize, seed=plan.data.seed)
@@ -163,7 +177,7 @@ def prepare_model(plan, safe_mode: bool | None = None, backbone: keras.Model | N
 
 def scratch(prepared: Prepared, seed: int = 0) -> Prepared:
     """The same architecture with every backbone layer reinitialized (training from scratch)."""
-    graph = layer_graph(prepared.model)
+    graph = prepared.layer_graph()
     backbone = [cid for cid in graph.order if cid not in prepared.head and graph.calls[cid].is_layer
                 and not graph.calls[cid].name.startswith("graft_preprocess")
                 and graph.calls[cid].op.weights]
@@ -201,7 +215,7 @@ def set_phase_trainable(prepared: Prepared, trainable: str, bn: str) -> dict[str
     backbone BN layer train outside head-only phases.
     """
     model = prepared.model
-    graph = layer_graph(model)
+    graph = prepared.layer_graph()
     region = trainable_region(graph, prepared.head, trainable)
     model.trainable = True  # containers on; each layer below decides for itself
     counts = {"trainable_layers": 0, "frozen_layers": 0}

@@ -18,7 +18,9 @@ import keras
 import numpy as np
 import pytest
 
-from advisor.plan import (
+from graft.errors import PlanError
+from graft.hardware import device
+from graft.plan import (
     DataPlan,
     HeadPlan,
     ModelSpec,
@@ -29,8 +31,6 @@ from advisor.plan import (
     TrainingPlan,
     save_plan,
 )
-from graft.errors import PlanError
-from graft.hardware import device
 from surgery import run
 
 ROOT = Path(__file__).resolve().parents[1]

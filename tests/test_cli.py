@@ -9,7 +9,7 @@ import sys
 from conftest import ROOT
 from rich.console import Console
 
-from graft.commands.apply_cmd import _ConsoleReporter
+from commands.apply_cmd import _ConsoleReporter
 
 
 def test_commands_without_keras_do_not_import_tensorflow():

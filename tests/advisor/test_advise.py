@@ -19,9 +19,9 @@ from conftest import ROOT
 from rich.console import Console
 
 from advisor.advise import Advice, advise, estimate_cost
-from advisor.plan import PLAN_VERSION, dump_plan, load_plan
 from advisor.rules import DEFAULT_RULES, load_rules
 from graft.errors import DatasetError, InputError, RulesError
+from graft.plan import PLAN_VERSION, dump_plan, load_plan
 
 DATA = ROOT / "examples" / "data" / "cifar_b"
 MODEL = ROOT / "examples" / "models" / "cifar_a_cnn.keras"

@@ -17,6 +17,7 @@ from conftest import ROOT
 from PIL import Image
 
 import advisor.dataset as dataset
+import graft.images as images
 from advisor.dataset import IMAGE_EXTENSIONS, DatasetFacts, list_images, scan
 from graft.errors import DatasetError, InputError
 
@@ -619,7 +620,7 @@ def test_progress_is_called(tmp_path, monkeypatch):
     scan(root, progress=calls.append)
     assert calls == [13]  # once at the end: every visible entry seen
 
-    monkeypatch.setattr(dataset, "PROGRESS_EVERY", 5)
+    monkeypatch.setattr(images, "PROGRESS_EVERY", 5)
     calls.clear()
     list_images(root, progress=calls.append)
     assert calls[:2] == [5, 10] and calls[-1] == 13

@@ -16,8 +16,8 @@ from advisor.embed import (
     load_images,
     sample_dataset,
 )
-from advisor.preprocessing import model_preprocessing
 from graft.errors import DatasetError, InputError
+from graft.preprocessing import model_preprocessing
 from surgery import layer_graph, truncate
 
 

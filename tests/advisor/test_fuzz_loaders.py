@@ -320,13 +320,13 @@ def test_rules_refuse_a_reason_with_an_unknown_conversion():
 @pytest.fixture(scope="module")
 def plan_text() -> str:
     from advisor.advise import advise
-    from advisor.plan import dump_plan
+    from graft.plan import dump_plan
 
     return dump_plan(advise(ROOT / "examples" / "data" / "cifar_b", similarity=0.8).plan)
 
 
 def check_plan(text: str) -> None:
-    from advisor.plan import dump_plan, load_plan
+    from graft.plan import dump_plan, load_plan
 
     result = outcome(lambda: load_plan("plan.yaml", text=text), "plan.yaml", PlanError)
     if not isinstance(result, GraftError):  # it loaded: its own dump loads too
@@ -353,7 +353,7 @@ def test_mutated_plan_text_gives_a_plan_error_or_loads(plan_text, data):
     ("plan_version: 1\n", "plan_version: 0\n", None),
 ])
 def test_plan_refuses_non_finite_numbers(plan_text, old, new, message):
-    from advisor.plan import load_plan
+    from graft.plan import load_plan
 
     text = plan_text.replace(old, new, 1)
     if message is None:  # version 0 with a list where its flat training settings were
@@ -364,7 +364,7 @@ def test_plan_refuses_non_finite_numbers(plan_text, old, new, message):
 
 
 def test_billion_laughs_plan_file_is_refused_fast(tmp_path):
-    from advisor.plan import load_plan
+    from graft.plan import load_plan
 
     path = tmp_path / "plan.yaml"
     path.write_text("plan_version: 1\n" + billion_laughs(), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The plan file (advisor/plan.py): exact round trip, validation with `FILE:LINE:` messages, the
+"""The plan file (graft/plan.py): exact round trip, validation with `FILE:LINE:` messages, the
 upgrade from plan_version 0, and atomic saving.
 
 The plans are real: one is made by `advisor.advise` on the bundled cifar_b data set (with a stated
@@ -16,7 +16,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from advisor.plan import (
+from graft.errors import InputError, PlanError
+from graft.plan import (
     PLAN_VERSION,
     Fallback,
     Phase,
@@ -27,7 +28,6 @@ from advisor.plan import (
     upgrade,
     validate,
 )
-from graft.errors import InputError, PlanError
 
 DATA = ROOT / "examples" / "data" / "cifar_b"
 

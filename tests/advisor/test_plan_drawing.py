@@ -14,7 +14,9 @@ from PIL import Image
 from rich.console import Console
 
 import cli
-from advisor.plan import (
+from advisor.rules import load_rules
+from advisor.runner_up import runner_up_plan
+from graft.plan import (
     DataPlan,
     DecisionRecord,
     HeadPlan,
@@ -25,7 +27,7 @@ from advisor.plan import (
     SurgeryPlan,
     TrainingPlan,
 )
-from advisor.plan_drawing import (
+from surgery.plan_drawing import (
     FROZEN,
     HEAD,
     REINIT,
@@ -33,10 +35,8 @@ from advisor.plan_drawing import (
     TUNED,
     PlanDiagram,
     plan_network,
-    runner_up_plan,
     write_plan_drawing,
 )
-from advisor.rules import load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "data" / "cifar_b"

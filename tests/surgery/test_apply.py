@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from advisor.plan import (
+from graft.errors import InputError, PlanError
+from graft.plan import (
     DataPlan,
     Fallback,
     HeadPlan,
@@ -31,7 +32,6 @@ from advisor.plan import (
     load_plan,
     save_plan,
 )
-from graft.errors import InputError, PlanError
 from surgery import run
 from surgery.train import make_optimizer
 
@@ -264,7 +264,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[2])
-from advisor.plan import load_plan
+from graft.plan import load_plan
 from surgery import run
 result = run(load_plan(sys.argv[1]))
 print("RESULT", result.metrics["accuracy"], len(result.history), result.phases[0].bottleneck)
@@ -337,9 +337,9 @@ def test_resume_inside_a_bottleneck_phase_matches_an_uninterrupted_run(tmp_path)
 
 
 def test_data_over_the_cache_budget_streams_from_disk(tmp_path, monkeypatch):
-    import surgery.runner
+    import surgery.run_data
 
-    monkeypatch.setattr(surgery.runner, "CACHE_BUDGET", 0)
+    monkeypatch.setattr(surgery.run_data, "CACHE_BUDGET", 0)
     phases = [Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3)]
     result = run(make_plan(tmp_path / "run", phases))
     assert not any("kept in memory" in note for note in result.notes)
@@ -387,7 +387,7 @@ def test_min_steps_raise_the_epochs_and_cosine_schedule_trains(tmp_path):
 
 
 def test_learning_rate_schedule_warms_up_and_decays_to_zero():
-    from surgery.runner import _learning_rate, phase_epochs
+    from surgery.phase import _learning_rate, phase_epochs
 
     schedule = _learning_rate(Phase(learning_rate=1e-3, schedule="cosine"), total_steps=100)
     values = [float(schedule(step)) for step in (0, 10, 55, 100)]

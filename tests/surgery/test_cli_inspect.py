@@ -13,7 +13,7 @@ from rich.console import Console
 from zoo import nested_backbone
 
 import cli
-from graft.commands.inspect_cmd import inspect_model, render
+from commands.inspect_cmd import inspect_model, render
 
 
 def test_inspect_resnet50_json_lists_block_outputs(capsys):

@@ -31,10 +31,10 @@ from test_apply import DATA, ROOT, make_plan
 
 import cli
 import graft.atomic as atomic
-from advisor.plan import Phase, load_plan, save_plan
 from graft.atomic import is_temporary
 from graft.errors import WriteError
 from graft.lock import LOCK_NAME
+from graft.plan import Phase, load_plan, save_plan
 from surgery import run
 
 FINAL_FILES = ("model.keras", "metrics.json", "history.csv", "curves.png", "confusion.png", "report.html")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from advisor.plan import Phase, Plan
+from graft.plan import Phase, Plan
 from surgery import guard
 from surgery.probe import calibrated_temperature, fit_linear_head
 

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from advisor.plan import DataPlan, HeadPlan, ModelSpec, OutputPlan, Phase, Plan, SurgeryPlan, TrainingPlan
+from graft.plan import (
+    DataPlan,
+    HeadPlan,
+    ModelSpec,
+    OutputPlan,
+    Phase,
+    Plan,
+    SurgeryPlan,
+    TrainingPlan,
+)
 from surgery import guard, run
 from surgery.runner import Reporter
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_apply import make_plan
 
-from advisor.plan import Phase, Plan
 from graft.errors import PlanError
+from graft.plan import Phase, Plan
 from surgery import layer_graph, run
 from surgery.prepare import (
     _preprocessing_layers,

@@ -107,14 +107,17 @@ def _device_line(result, plan) -> str:
 
 
 def run(args) -> int:
-    from advisor.plan import dump_plan, load_plan
+    from advisor.runner_up import runner_up_plan
+    from graft.plan import dump_plan, load_plan
     from surgery.runner import run as run_plan
 
     plan = load_plan(args.plan)
     reporter = _ConsoleReporter(quiet=args.json)
+    # plan.png shows the runner-up beside the plan; its recipe is in the rules file (the advisor's).
+    runner_up = None if args.dry_run else runner_up_plan(plan)
     try:
         result = run_plan(plan, out_dir=args.out, resume=args.resume, dry_run=args.dry_run,
-                          safe_mode=False if args.unsafe else None, reporter=reporter)
+                          safe_mode=False if args.unsafe else None, reporter=reporter, runner_up=runner_up)
     except KeyboardInterrupt:
         reporter.close()
         out = f" --out {args.out}" if args.out else ""

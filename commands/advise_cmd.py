@@ -62,11 +62,13 @@ def _draw_plan(advice, out: Path):
     Returns `(png, networks, note)`; a plan that cannot be drawn (its model will not build) leaves a
     note instead of failing the advice, which is already written.
     """
-    from advisor.plan_drawing import draw_plan
+    from advisor.runner_up import runner_up_plan
     from graft.errors import GraftError
+    from surgery.plan_drawing import draw_plan
 
     try:
-        png, networks = draw_plan(advice.plan, out.with_suffix(".png"), table=advice.rules)
+        png, networks = draw_plan(advice.plan, out.with_suffix(".png"),
+                                  runner_up=runner_up_plan(advice.plan, advice.rules))
     except (GraftError, ValueError, TypeError) as exc:
         return None, [], f"the plan could not be drawn ({type(exc).__name__}: {exc})"
     return png, networks, ""
@@ -74,9 +76,9 @@ def _draw_plan(advice, out: Path):
 
 def run(args) -> int:
     from advisor.advise import advise
-    from advisor.plan import save_plan
     from advisor.render import dataset_table, decision_panel, facts_table, plan_panel, trace_table
     from advisor.rules import parse_overrides
+    from graft.plan import save_plan
 
     out = Path(args.out)
     _check_out(out, args)
@@ -162,7 +164,7 @@ def run(args) -> int:
     console.print(trace_table(advice.decision))
     console.print(plan_panel(advice.plan, str(out)))
     if networks:
-        from advisor.plan_drawing import PlanDiagram
+        from surgery.plan_drawing import PlanDiagram
 
         for network in networks:
             console.print(PlanDiagram(network))

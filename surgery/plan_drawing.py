@@ -1,7 +1,7 @@
 """The plan drawn as a network: blocks along the depth, coloured by what each training phase does.
 
     net = plan_network(plan)                      # -> PlanNetwork (data; the surgery is really done)
-    write_plan_drawing([net, plan_network(runner_up_plan(plan, table))], "plan.png")
+    write_plan_drawing([net, plan_network(runner_up)], "plan.png")
     console.print(PlanDiagram(net))               # the same picture in the terminal
 
 In the spirit of the four-case diagrams of transfer-learning courses: the pretrained network is a row
@@ -11,11 +11,16 @@ of blocks from the input to the output; blocks below the plan's cut (and the old
 row. The statuses are not guessed from the plan's words: `plan_network` runs the plan's own surgery
 (`surgery.prepare.prepare_model`) and each phase's `set_phase_trainable` on a copy, and reads the
 layers' trainable flags, so the picture is what `apply` trains.
+
+The drawing belongs to surgery because `surgery.run` writes it into the run directory (the report
+shows it). The runner-up is a rule-table answer and surgery never reads rules, so the runner-up
+comes in as a plan: passed by the caller (`runner_up=`), or, when none is passed, from the finder
+the layer above registered in `graft.runner_up` (`advisor.runner_up` registers its
+`runner_up_plan`, which reads the plan's rules file, when `advisor` is imported).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +32,16 @@ from matplotlib.patches import Patch, Rectangle
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
-from advisor.plan import Fallback, Phase, Plan
 from graft.atomic import atomic_path
+from graft.errors import GraftError
+from graft.plan import Plan
+from graft.runner_up import find as find_runner_up
+from surgery.graph import LayerGraph, layer_graph
+from surgery.head import find_head
+from surgery.load import is_model_file, load_model
+from surgery.locate import nearest_cut_by_depth
+from surgery.prepare import DEPTH_REGIONS, load_backbone, prepare_model, set_phase_trainable
+from surgery.stages import candidate_cuts
 
 REMOVED, FROZEN, TUNED, REINIT, HEAD = "removed", "frozen", "fine-tuned", "reinitialized", "new head"
 COLORS = {REMOVED: "#d9d9d9", FROZEN: "#6baed6", TUNED: "#fd8d3c", REINIT: "#e7298a", HEAD: "#31a354"}
@@ -94,9 +107,6 @@ class PlanNetwork:
 def _load(plan: Plan, safe_mode: bool | None) -> keras.Model:
     """The plan's pretrained model; a keras.applications name is built without downloading weights
     (the drawing needs the architecture only)."""
-    from surgery.load import is_model_file, load_model
-    from surgery.prepare import load_backbone
-
     if is_model_file(plan.model.source):
         return load_backbone(plan, safe_mode)
     size = plan.model.input_size or plan.data.input_size
@@ -104,13 +114,14 @@ def _load(plan: Plan, safe_mode: bool | None) -> keras.Model:
                       input_shape=(int(size[0]), int(size[1]), int(plan.data.channels)))
 
 
-def plan_network(plan: Plan, backbone: keras.Model | None = None, label: str = "chosen",
+def plan_network(plan: Plan, backbone: keras.Model | LayerGraph | None = None, label: str = "chosen",
                  safe_mode: bool | None = None) -> PlanNetwork:
     """Do the plan's surgery on a copy and read, per phase, what is removed, frozen or trained.
 
     Args:
         plan: the plan.
-        backbone: the pretrained model, when already loaded (else loaded from `plan.model`).
+        backbone: the pretrained model or its `LayerGraph`, when already loaded (else loaded from
+            `plan.model`).
         label: `chosen` or `runner-up` (shown in the title).
         safe_mode: override `plan.model.safe_mode` when loading a model file.
 
@@ -120,21 +131,43 @@ def plan_network(plan: Plan, backbone: keras.Model | None = None, label: str = "
     Raises:
         ModelLoadError, InvalidCutError, PlanError: the plan does not fit the model.
     """
-    from advisor.embed import candidate_cuts
-    from surgery.graph import layer_graph
-    from surgery.head import find_head
-    from surgery.locate import nearest_cut_by_depth
-    from surgery.prepare import DEPTH_REGIONS, prepare_model, set_phase_trainable
-
-    original = backbone if backbone is not None else _load(plan, safe_mode)
-    graph = layer_graph(original)
-    prepared = prepare_model(plan, backbone=original)
-    pgraph = layer_graph(prepared.model)
+    loaded = backbone if backbone is not None else _load(plan, safe_mode)
+    graph = loaded if isinstance(loaded, LayerGraph) else layer_graph(loaded)
+    original = graph.model
+    prepared = prepare_model(plan, backbone=graph)
+    pgraph = prepared.layer_graph()
     by_name = {c.name: c for c in pgraph.calls.values() if c.is_layer}
     old_head = set(find_head(graph).layers)
     reinit = set(plan.surgery.reinitialize)
     depths = graph.depths()
 
+    body, head_old = _block_groups(plan, graph, pgraph, old_head)
+    statuses, trained = _phase_statuses(plan, prepared, by_name, reinit)
+    n_phases = len(plan.training.phases)
+    blocks, kept, removed = _body_blocks(graph, body, by_name, statuses, n_phases, depths)
+    if head_old:
+        p = sum(sum(_size(w.shape) for w in graph.calls[c].op.weights) for c in head_old if graph.calls[c].is_layer)
+        removed += p
+        blocks.append(Block(f"old head ({head_old[-1]})", len(head_old), p, None, 1.0, [REMOVED] * n_phases))
+    head_params = sum(sum(_size(w.shape) for w in pgraph.calls[c].op.weights) for c in prepared.head
+                      if pgraph.calls[c].is_layer)
+    blocks.append(Block("new head", len(prepared.head), head_params, None, 1.0, [HEAD] * n_phases))
+    notes = []
+    if plan.surgery.bn == "freeze":
+        notes.append("BatchNormalization layers stay frozen in every phase (bn: freeze)")
+    if plan.training.fallback is not None:
+        notes.append("a short trial first compares pretrained and random initialization (fallback)")
+    cut_depth = depths.get(plan.surgery.cut) if plan.surgery.cut else None
+    return PlanNetwork(
+        strategy=plan.decision.strategy or "plan", case=int(plan.decision.case or 0), label=label,
+        model=original.name, phases=[f"{ph.name} ({ph.trainable})" for ph in plan.training.phases],
+        blocks=blocks, cut=plan.surgery.cut, cut_depth=cut_depth,
+        params={"kept": int(kept), "removed": int(removed), "head": int(head_params), **trained},
+        bn=plan.surgery.bn, notes=notes)
+
+
+def _block_groups(plan: Plan, graph: LayerGraph, pgraph: LayerGraph, old_head: set[str]):
+    """The backbone's calls grouped into blocks (`body`), and the old head's calls (`head_old`)."""
     # Block ends: the network's stages (advise's candidate cuts), the plan's cut, where the trainable
     # regions begin, and the last feature map; the old head is one block.
     try:
@@ -156,7 +189,12 @@ def plan_network(plan: Plan, backbone: keras.Model | None = None, label: str = "
             groups.append([])
     body = [g for g in groups if g and not set(g) <= old_head]
     head_old = [cid for g in groups for cid in g if cid in old_head]
+    return body, head_old
 
+
+def _phase_statuses(plan: Plan, prepared, by_name: dict, reinit: set[str]):
+    """Per kept layer, its status in each phase (read back from `set_phase_trainable`), and the
+    parameters each phase trains."""
     statuses: dict[str, list[str]] = {}
     trained: dict[str, int] = {}
     random_from = next((i for i, ph in enumerate(plan.training.phases) if ph.weights == "random"), None)
@@ -171,8 +209,13 @@ def plan_network(plan: Plan, backbone: keras.Model | None = None, label: str = "
             else:
                 s = TUNED if on else FROZEN
             statuses.setdefault(name, []).append(s)
+    return statuses, trained
 
-    n_phases = len(plan.training.phases)
+
+def _body_blocks(graph: LayerGraph, body: list[list[str]], by_name: dict, statuses: dict, n_phases: int,
+                 depths: dict) -> tuple[list[Block], int, int]:
+    """One `Block` per group, with the status most of its parameters have in each phase; and the
+    parameters kept and removed."""
     blocks: list[Block] = []
     kept = removed = 0
     for g in body:
@@ -204,25 +247,7 @@ def plan_network(plan: Plan, backbone: keras.Model | None = None, label: str = "
         blocks.append(Block(g[-1], layers, sum(sum(_size(w.shape) for w in graph.calls[c].op.weights)
                                                for c in g if graph.calls[c].is_layer),
                             int(shape[-1]) if len(shape) == 4 and shape[-1] else None, depths[g[-1]], per_phase))
-    if head_old:
-        p = sum(sum(_size(w.shape) for w in graph.calls[c].op.weights) for c in head_old if graph.calls[c].is_layer)
-        removed += p
-        blocks.append(Block(f"old head ({head_old[-1]})", len(head_old), p, None, 1.0, [REMOVED] * n_phases))
-    head_params = sum(sum(_size(w.shape) for w in pgraph.calls[c].op.weights) for c in prepared.head
-                      if pgraph.calls[c].is_layer)
-    blocks.append(Block("new head", len(prepared.head), head_params, None, 1.0, [HEAD] * n_phases))
-    notes = []
-    if plan.surgery.bn == "freeze":
-        notes.append("BatchNormalization layers stay frozen in every phase (bn: freeze)")
-    if plan.training.fallback is not None:
-        notes.append("a short trial first compares pretrained and random initialization (fallback)")
-    cut_depth = depths.get(plan.surgery.cut) if plan.surgery.cut else None
-    return PlanNetwork(
-        strategy=plan.decision.strategy or "plan", case=int(plan.decision.case or 0), label=label,
-        model=original.name, phases=[f"{ph.name} ({ph.trainable})" for ph in plan.training.phases],
-        blocks=blocks, cut=plan.surgery.cut, cut_depth=cut_depth,
-        params={"kept": int(kept), "removed": int(removed), "head": int(head_params), **trained},
-        bn=plan.surgery.bn, notes=notes)
+    return blocks, kept, removed
 
 
 def _size(shape) -> int:
@@ -230,44 +255,6 @@ def _size(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
-
-
-def runner_up_plan(plan: Plan, table=None) -> Plan | None:
-    """The plan as it would be with the runner-up strategy (its phases and cut), or None.
-
-    Args:
-        plan: the chosen plan (`plan.decision.runner_up` names the runner-up).
-        table: the `RuleTable` the plan was made with; default: the rules file the plan's provenance
-            names (None comes back when that file is gone).
-    """
-    runner = plan.decision.runner_up
-    if not runner:
-        return None
-    if table is None:
-        from advisor.rules import load_rules
-        from graft.errors import GraftError
-
-        source = plan.provenance.rules
-        if not source or not Path(source).is_file():
-            return None
-        try:
-            table = load_rules(source, plan.provenance.overrides or None)
-        except GraftError:
-            return None
-    strategy = table.strategies.get(runner)
-    if strategy is None:
-        return None
-    alt = copy.deepcopy(plan)
-    alt.decision.strategy = runner
-    alt.decision.case = 0
-    alt.decision.runner_up = None
-    alt.surgery.cut = plan.facts.get("best_cut_layer") if strategy.get("cut") == "best" else None
-    alt.training.phases = [Phase(name=p["name"], trainable=p["trainable"], epochs=int(p["epochs"]),
-                                 learning_rate=float(p["learning_rate"]), weights=p.get("weights", "pretrained"))
-                           for p in strategy["phases"]]
-    fb = strategy.get("fallback")
-    alt.training.fallback = Fallback(fb["scratch_trial_epochs"], float(fb["margin"])) if fb else None
-    return alt
 
 
 def _fmt_params(n: int) -> str:
@@ -338,18 +325,28 @@ def write_plan_drawing(networks: list[PlanNetwork], path: str | os.PathLike, dpi
     return target
 
 
-def draw_plan(plan: Plan, path: str | os.PathLike, table=None, backbone: keras.Model | None = None,
+def draw_plan(plan: Plan, path: str | os.PathLike, runner_up: Plan | None = None,
+              backbone: keras.Model | LayerGraph | None = None,
               safe_mode: bool | None = None) -> tuple[Path, list[PlanNetwork]]:
-    """The plan and its runner-up, drawn side by side into `path` (the runner-up when it can be built).
+    """The plan and its runner-up, drawn side by side into `path`.
+
+    Args:
+        plan: the chosen plan.
+        path: the PNG to write (atomically).
+        runner_up: the runner-up's plan (`advisor.runner_up.runner_up_plan`); default: what the
+            registered finder gives (`graft.runner_up.find`), else the plan is drawn alone.
+        backbone: the pretrained model (or its `LayerGraph`), when already loaded.
+        safe_mode: override `plan.model.safe_mode` when loading a model file.
 
     Returns:
         The PNG's path and the networks drawn.
     """
     original = backbone if backbone is not None else _load(plan, safe_mode)
-    nets = [plan_network(plan, original, "chosen")]
-    alt = runner_up_plan(plan, table)
+    graph = original if isinstance(original, LayerGraph) else layer_graph(original)  # one graph for both
+    nets = [plan_network(plan, graph, "chosen")]
+    alt = runner_up if runner_up is not None else find_runner_up(plan)
     if alt is not None:
-        nets.append(plan_network(alt, original, "runner-up"))
+        nets.append(plan_network(alt, graph, "runner-up"))
     return write_plan_drawing(nets, path), nets
 
 
@@ -382,16 +379,15 @@ class PlanDiagram:
                    f"new head {_fmt_params(p['head'])} parameters")
 
 
-def draw_into_run(plan: Plan, run_dir: str | os.PathLike, safe_mode: bool | None = None) -> tuple[Path | None, str]:
-    """`apply`'s drawing: `RUN_DIR/plan.png`, with the runner-up from the plan's rules file.
+def draw_into_run(plan: Plan, run_dir: str | os.PathLike, safe_mode: bool | None = None,
+                  runner_up: Plan | None = None) -> tuple[Path | None, str]:
+    """`apply`'s drawing: `RUN_DIR/plan.png`, beside the runner-up (`draw_plan`).
 
     Returns:
         `(path, "")`, or `(None, why)` when the plan cannot be drawn; a drawing never fails a run.
     """
-    from graft.errors import GraftError
-
     try:
-        path, _ = draw_plan(plan, Path(run_dir) / "plan.png", safe_mode=safe_mode)
+        path, _ = draw_plan(plan, Path(run_dir) / "plan.png", runner_up=runner_up, safe_mode=safe_mode)
     except (GraftError, ValueError, TypeError) as exc:
         return None, f"the plan could not be drawn ({type(exc).__name__}: {exc})"
     return path, ""
