@@ -55,9 +55,10 @@ CHOICES = ("auto", "model", *CONVENTIONS)
 BN_LAYERS = 4
 SAMPLE = 64
 PROBE_SAMPLE = 120
-#: Margins (runner-up score minus best) below which a measured choice is reported as unsure; from
-#: bench/preprocessing.py (docs/conventions.md).
-BN_MARGIN = 0.1
+#: Margins below which a measured choice is reported as unsure (docs/conventions.md): `bn_fit`, the
+#: runner-up's score over the best's (how many times worse it fits); `probe`, the best's accuracy minus
+#: the runner-up's.
+BN_MARGIN = 1.5
 PROBE_MARGIN = 0.03
 _INSIDE = ("Rescaling", "Normalization")
 
@@ -73,7 +74,8 @@ class ConventionChoice:
         method: `bn_fit`, `probe`, or `none` (not measured).
         scores: candidate -> score (`bn_fit`: lower is better; `probe`: higher is better).
         best: the best-scoring candidate (None when not measured).
-        margin: how far the runner-up is behind the best, in the score's units.
+        margin: how far the runner-up is behind the best: `bn_fit`, the ratio runner-up / best (>= 1);
+            `probe`, the difference of accuracies.
         confident: whether the margin clears `BN_MARGIN` / `PROBE_MARGIN`.
         inside: the Rescaling/Normalization layer among the first layers, if any.
         name_says: what the model's name alone would give (a convention, or None); shown, never used
@@ -235,7 +237,9 @@ def find_convention(model: keras.Model | LayerGraph, sample: ImageSample | np.nd
         lower = method == "bn_fit"
         ranked = sorted(scores, key=lambda k: scores[k] if lower else -scores[k])
         out.method, out.scores, out.best = method, scores, ranked[0]
-        out.margin = abs(scores[ranked[1]] - scores[ranked[0]]) if len(ranked) > 1 else None
+        if len(ranked) > 1:
+            first, second = scores[ranked[0]], scores[ranked[1]]
+            out.margin = second / max(first, 1e-9) if lower else first - second
         out.confident = out.margin is not None and out.margin >= (BN_MARGIN if lower else PROBE_MARGIN)
     _decide(out)
     return out
