@@ -14,13 +14,9 @@ small sample of the user's own images, and the network's own weights say which f
       KL_c = 0.5 * (log(v / s2) + (s2 + (m - mu)^2) / v - 1)     (both variances + the layer's epsilon)
 
   and the score is the mean over channels and layers of `log(1 + KL_c)` (the log keeps a few dead or
-  near-constant channels from dominating). Lower is better; 0 is a perfect fit. Before the KL, the
-  sample's variances at a layer are divided by their median ratio to the stored ones: a data set
-  may have more or less contrast than the pretraining data (aerial photos at 32 px, sketches), which
-  scales every channel's variance alike and which no convention explains; the means keep the absolute
-  scale and offset, and the variances across channels keep their shape. The first layers are nearly
-  linear in the pixels, so a wrong scale moves the means by orders of magnitude and a wrong offset or
-  channel order by a clear margin, even on data far from the pretraining domain.
+  near-constant channels from dominating). Lower is better; 0 is a perfect fit. The first layers are
+  nearly linear in the pixels, so a wrong scale moves them by orders of magnitude and a wrong offset
+  or channel order by a clear margin, even on data far from the pretraining domain.
 - **`probe`** (a network without BatchNormalization, which stores no statistics): the leave-one-out
   accuracy of a ridge probe (`advisor.transfer`) on the sample's pooled features at the middle and the
   last candidate cut, under each candidate. Higher is better. It needs labels (two classes or more) and
@@ -168,7 +164,6 @@ def bn_fit_scores(graph: LayerGraph, images: np.ndarray, layers: int = BN_LAYERS
             s2 = np.maximum(sq - m**2, 0.0) + eps
             mu = np.asarray(op.moving_mean, "float64")
             v = np.asarray(op.moving_variance, "float64") + eps
-            s2 = s2 / np.exp(np.median(np.log(s2 / v)))  # the data set's own contrast, divided out
             kl = 0.5 * (np.log(v / s2) + (s2 + (m - mu) ** 2) / v - 1.0)
             per_layer.append(float(np.mean(np.log1p(np.maximum(kl, 0.0)))))
         scores[name] = float(np.mean(per_layer))
