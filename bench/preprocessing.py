@@ -6,7 +6,8 @@ Networks (all with real trained weights, none downloaded):
   under a neutral name (`my_backbone`), which must change nothing;
 - small CNNs (fixed 32x32x3 input) pretrained here for `--seconds` each on real CIFAR-10 images under
   each of the five conventions (`graft.conventions`), with and without BatchNormalization, saved under
-  `--out`.
+  `--out`; their BatchNormalization running statistics are then re-estimated at the final weights
+  (`recalibrate_batchnorm`), as a pretrained network people bring has them.
 
 For each network: the convention `advisor.convention.find_convention` picks (`auto`) on a sample of
 one dev-suite set, its score per candidate and margin; then the similarity (BN statistics) and the
