@@ -193,9 +193,10 @@ def _phases(strategy: dict, scale: float) -> list[Phase]:
 def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: DatasetFacts,
                model_source: str, weights: str, model: ModelFacts | None, embedding_cut: str | None,
                out_dir: str | None = None, overrides: dict | None = None,
-               forward_rate: float | None = None) -> Plan:
+               forward_rate: float | None = None, preprocessing: tuple[str, dict] = ("model", {})) -> Plan:
     """Turn a decision into a plan: surgery, phases and data settings from the winning strategy, with
-    the modifiers applied. `embedding_cut` is the measured best cut layer (for `cut: best`)."""
+    the modifiers applied. `embedding_cut` is the measured best cut layer (for `cut: best`);
+    `preprocessing` the pixel convention and its evidence (`advisor.convention`)."""
     from graft import __version__
 
     strategy = table.strategies[decision.strategy]
@@ -210,6 +211,8 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
         input_size=size,
         channels=model.channels if model else 3,
         channel_mode=mods.get("channels", "keep"),
+        preprocessing=preprocessing[0],
+        preprocessing_evidence=copy.deepcopy(preprocessing[1]),
         augmentation=augmentation,
         # Every labelled image trains the final model unless the data set names its own splits or a
         # modifier asks for a hold-out (docs/apply.md, "How accuracy is estimated").
@@ -276,7 +279,8 @@ def _replan(advice: Advice, decision: Decision) -> Plan:
     plan = build_plan(decision, advice.rules, advice.facts, advice.dataset, advice.plan.model.source,
                       advice.plan.model.weights, advice.model, _embedding_cut(advice.facts, advice.embedding),
                       None, advice.rules.overrides,
-                      forward_rate=getattr(advice.embedding, "forward_rate", None))
+                      forward_rate=getattr(advice.embedding, "forward_rate", None),
+                      preprocessing=(advice.plan.data.preprocessing, advice.plan.data.preprocessing_evidence))
     return _with_augmentation(plan, advice.augmentation)
 
 
@@ -289,16 +293,18 @@ def _with_augmentation(plan: Plan, check) -> Plan:
     return plan
 
 
-def _check_augmentation(net, dataset, plan: Plan, notes: list[str]):
+def _check_augmentation(net, dataset, plan: Plan, notes: list[str], emb=None):
     """advisor.augmentation's measurement of the rules' proposed transforms, or None (nothing
     proposed, or the measurement failed: then the proposal stands and a note says so)."""
     if not plan.data.augmentation:
         return None
     from advisor.augmentation import check_augmentation
 
+    choice = getattr(emb, "convention", None)  # the measured pixel convention, as the measurement used
     try:
         return check_augmentation(net, dataset, plan.data.augmentation, size=plan.data.input_size[0],
-                                  seed=plan.data.seed)
+                                  seed=plan.data.seed,
+                                  preprocessing=choice.preprocessing(net) if choice is not None else None)
     except (GraftError, ValueError, RuntimeError, MemoryError) as exc:
         notes.append(f"augmentation not measured ({type(exc).__name__}: {exc}); the rules' proposal is used")
         return None
@@ -331,12 +337,24 @@ def with_trial(advice: Advice, trial) -> Advice:
     return new
 
 
+def _preprocessing(asked: str, emb) -> tuple[str, dict]:
+    """The plan's `data.preprocessing` and its evidence: the measured choice, else what was asked
+    (`auto` without a measurement falls back to `model`, the model's own layers and name)."""
+    choice = getattr(emb, "convention", None)
+    if choice is not None:
+        return choice.convention, choice.to_dict()
+    name = "model" if asked == "auto" else asked
+    return name, {"convention": name, "asked": asked, "method": "none",
+                  "notes": ["not measured (no model, or --no-measure)"]}
+
+
 def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
            rules: str | os.PathLike | RuleTable | None = None, overrides: dict | None = None, *,
            similarity: float | None = None, weights: str | None = None, measure: bool = True,
            reference: str | os.PathLike | None = None, per_class: int | None = None,
            sample: int = 2000, out_dir: str | None = None, safe_mode: bool = True,
-           progress: Callable[[str, int], None] | None = None, strategy: str | None = None) -> Advice:
+           progress: Callable[[str, int], None] | None = None, strategy: str | None = None,
+           preprocessing: str = "auto") -> Advice:
     """Advise how to transfer a network to a data set.
 
     Args:
@@ -358,6 +376,9 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
         progress: called as `progress(stage, count)` during long steps (`scan`, `measure`).
         strategy: force this strategy of the rules file instead of the one the rules choose (the
             rules still run; the plan's reasons say what they chose).
+        preprocessing: how pixels are mapped for the network: `auto` (measured on the data set's
+            images, `advisor.convention`), `model` (the model's own layers and name) or a convention
+            of `graft.conventions` (`raw`, `unit`, `tf`, `torch`, `caffe`). The plan records it.
 
     Returns:
         `Advice`.
@@ -367,12 +388,19 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     """
     if similarity is not None and not (isinstance(similarity, (int, float)) and 0 <= similarity <= 1):
         raise InputError(f"similarity must be a number in [0, 1], not {similarity!r}")
+    from advisor.convention import check_choice
+
+    check_choice(preprocessing)
     table = rules if isinstance(rules, RuleTable) else load_rules(rules, overrides)
     if strategy is not None and strategy not in table.strategies:
         close = difflib.get_close_matches(str(strategy), list(table.strategies), n=1)
         raise InputError(f"--strategy {strategy!r} is not a strategy of {table.source}"
                          f"{'; did you mean ' + repr(close[0]) + '?' if close else ''} "
                          f"(strategies: {', '.join(table.strategies)})")
+    from surgery.load import check_model_path, is_model_file
+
+    if model is not None and is_model_file(model):
+        check_model_path(model)  # before the scan: a bad model path fails at once
     facts_ds = scan(dataset, sample=sample, progress=(lambda n: progress("scan", n)) if progress else None)
     facts = dict(facts_ds.facts())
     notes = list(facts_ds.warnings)
@@ -381,8 +409,6 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     facts["gpu"] = gpu_count() > 0
     mfacts, emb, cut_layer = None, None, None
     source = str(model) if model is not None else DEFAULT_MODEL
-    from surgery.load import is_model_file
-
     is_file = model is not None and is_model_file(model)
     if is_file and Path(source).is_file():
         source = str(Path(source).resolve())  # like data.path: the plan works from any directory
@@ -403,7 +429,8 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
                 progress("measure", 0)
             kwargs = {"per_class": per_class} if per_class else {}
             try:
-                emb = measure_embeddings(dataset, graph, reference=reference, safe_mode=safe_mode, **kwargs)
+                emb = measure_embeddings(dataset, graph, reference=reference, safe_mode=safe_mode,
+                                         preprocessing=preprocessing, **kwargs)
             except InputError:
                 raise
             except (GraftError, ValueError, RuntimeError, MemoryError) as exc:
@@ -428,7 +455,8 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
     if strategy is not None:
         decision = force_strategy(decision, table, strategy)
     plan = build_plan(decision, table, facts, facts_ds, source, weights, mfacts, cut_layer, out_dir,
-                      table.overrides, forward_rate=emb.forward_rate if emb is not None else None)
-    check = _check_augmentation(net, dataset, plan, notes) if model is not None and measure else None
+                      table.overrides, forward_rate=emb.forward_rate if emb is not None else None,
+                      preprocessing=_preprocessing(preprocessing, emb))
+    check = _check_augmentation(net, dataset, plan, notes, emb) if model is not None and measure else None
     plan = _with_augmentation(plan, check)
     return Advice(facts_ds, mfacts, emb, facts, decision, plan, table, notes, augmentation=check)

@@ -199,8 +199,8 @@ def embedding_model(graph: LayerGraph, cuts: list[CutPoint], stat_keys: list[int
 def input_size(model: keras.Model, size: int | None = None) -> tuple[int, int]:
     """The `(height, width)` to resize images to: the model's fixed size, else `size` or 160."""
     shape = model.inputs[0].shape
-    if len(shape) != 4 or shape[-1] not in (None, 3):
-        raise InputError(f"Expected a model taking (height, width, 3) images. Received input shape {tuple(shape)}.")
+    if len(shape) != 4 or shape[-1] not in (None, 1, 3):
+        raise InputError(f"Expected a model taking (height, width, 1 or 3) images. Received input shape {tuple(shape)}.")
     h, w = shape[1], shape[2]
     if h is not None and w is not None:
         return int(h), int(w)
@@ -208,20 +208,27 @@ def input_size(model: keras.Model, size: int | None = None) -> tuple[int, int]:
     return s, s
 
 
-def load_images(paths: list[Path], size: tuple[int, int]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Read images as float32 RGB 0..255 resized to `size`; returns (batch, kept indices, skipped)."""
+def input_channels(model: keras.Model) -> int:
+    """The channels the model takes: 1 for a gray-image network, else 3."""
+    return 1 if model.inputs[0].shape[-1] == 1 else 3
+
+
+def load_images(paths: list[Path], size: tuple[int, int],
+                channels: int = 3) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Read images as float32 0..255 resized to `size`, RGB (or gray for `channels=1`); returns
+    (batch `(n, h, w, channels)`, kept indices, skipped)."""
     out, kept, skipped = [], [], []
     for i, p in enumerate(paths):
         try:
             with Image.open(p) as im:
-                im = im.convert("RGB")
+                im = im.convert("L" if channels == 1 else "RGB")
                 if im.size != (size[1], size[0]):
                     im = im.resize((size[1], size[0]), Image.BILINEAR)
-                out.append(np.asarray(im, dtype="float32"))
+                out.append(np.asarray(im, dtype="float32").reshape(size[0], size[1], channels))
                 kept.append(i)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             skipped.append((str(p), f"{type(exc).__name__}: {exc}"[:200]))
-    arr = np.stack(out) if out else np.zeros((0, size[0], size[1], 3), "float32")
+    arr = np.stack(out) if out else np.zeros((0, size[0], size[1], channels), "float32")
     return arr, kept, skipped
 
 
@@ -253,6 +260,7 @@ def embed(model: keras.Model | LayerGraph, images: ImageSample | np.ndarray,
     net = graph.model
     prep = preprocessing or model_preprocessing(net)
     hw = input_size(net, size)
+    channels = input_channels(net)
     cuts = list(cuts) if cuts is not None else candidate_cuts(graph, max_cuts)
     bns = batchnorm_layers(graph)
     if bns:
@@ -280,10 +288,10 @@ def embed(model: keras.Model | LayerGraph, images: ImageSample | np.ndarray,
     timed: list[tuple[int, float]] = []
     for s in range(0, n, batch_size):
         if paths is not None:
-            x, kept, bad = load_images(paths[s:s + batch_size], hw)
+            x, kept, bad = load_images(paths[s:s + batch_size], hw, channels)
             skipped.extend(bad)
         else:
-            x = _to_rgb(arr[s:s + batch_size].astype("float32"), hw)
+            x = _to_rgb(arr[s:s + batch_size].astype("float32"), hw, channels)
             kept = list(range(len(x)))
         if not len(x):
             continue
@@ -315,9 +323,11 @@ def embed(model: keras.Model | LayerGraph, images: ImageSample | np.ndarray,
     )
 
 
-def _to_rgb(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if x.shape[-1] == 1:
+def _to_rgb(x: np.ndarray, hw: tuple[int, int], channels: int = 3) -> np.ndarray:
+    if x.shape[-1] == 1 and channels == 3:
         x = np.repeat(x, 3, axis=-1)
+    elif x.shape[-1] == 3 and channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
+        x = (x @ np.array([0.299, 0.587, 0.114], dtype="float32"))[..., None]
     if x.shape[1:3] != hw:
         x = np.asarray(keras.ops.image.resize(x, hw, interpolation="bilinear"), dtype="float32")
     return x

@@ -25,11 +25,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from advisor.embed import ImageSample, embed, load_images, sample_dataset
+from advisor.convention import find_convention
+from advisor.embed import ImageSample, _to_rgb, embed, input_channels, load_images, sample_dataset
 from advisor.similarity import Similarity, bn_reference, similarity
 from advisor.transfer import Transferability, standardize, transferability
 from graft.errors import InputError
-from graft.preprocessing import model_preprocessing
 from surgery import CutPoint, LayerGraph, layer_graph, load_model
 from surgery.layer_table import LayerRow, layer_rows
 from surgery.rebuild import Replay, replay
@@ -147,6 +147,7 @@ class DataView:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     filters_note: str = ""
+    convention: dict = field(default_factory=dict)
 
 
 def first_convolution(graph: LayerGraph) -> tuple[str | None, np.ndarray | None, str]:
@@ -216,7 +217,7 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
          cap: int = DEFAULT_CAP,
          size: int | None = None, seed: int = 0, safe_mode: bool = True, images: int = 3,
          channels: int = 6, top: int = 5, maps: int = MAP_DEPTHS, shown_maps: int = 8,
-         batch_size: int = 32) -> DataView:
+         batch_size: int = 32, preprocessing: str = "auto") -> DataView:
     """Look at a data set through a network, depth by depth.
 
     Args:
@@ -234,6 +235,8 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
         maps: depths that get a 2-D map.
         shown_maps: feature-map channels shown per depth.
         batch_size: images per forward pass.
+        preprocessing: the pixel convention: `auto` (measured, `advisor.convention`), `model` or a
+            `graft.conventions` name.
 
     Returns:
         `DataView`.
@@ -252,9 +255,11 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
 
     t = time.perf_counter()
     sample = dataset if isinstance(dataset, ImageSample) else sample_dataset(dataset, per_class, cap, seed)
-    emb = embed(graph, sample, size=size, batch_size=batch_size)
+    choice = find_convention(graph, sample, asked=preprocessing, size=size)
+    prep = choice.preprocessing(net)
+    emb = embed(graph, sample, size=size, batch_size=batch_size, preprocessing=prep)
     seconds["embed"] = time.perf_counter() - t
-    notes: list[str] = []
+    notes: list[str] = list(choice.notes)
     kept = [i for i in range(len(sample.paths)) if str(sample.paths[i]) not in {s for s, _ in emb.skipped}]
     paths = [sample.paths[i] for i in kept]
     labels = np.asarray(emb.labels)
@@ -308,7 +313,7 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
         chosen[cut.name] = (sorted(order[:shown_maps]), tops)
     needed_list = sorted(needed)
     # one batch for these few images: every distinct batch shape costs a graph trace (~1 s here)
-    spatial = _spatial_pass(graph, spatial_cuts, pixels[needed_list], model_preprocessing(net),
+    spatial = _spatial_pass(graph, spatial_cuts, _to_rgb(pixels[needed_list], hw, input_channels(net)), prep,
                             max(batch_size, min(len(needed_list), 128)))
     rows = {img: r for r, img in enumerate(needed_list)}
     views = []
@@ -330,7 +335,7 @@ def look(model: str | os.PathLike | keras.Model, dataset: str | os.PathLike | Im
         preprocessing=emb.preprocessing, pixels=np.clip(pixels, 0, 255).astype("uint8"), filters=kernel,
         filters_layer=name, depths=depths, spatial=views, feature_images=feature_images,
         layers=layer_rows(graph), transfer=trans, similarity=sim, seconds=seconds, notes=notes,
-        filters_note=fnote,
+        filters_note=fnote, convention=choice.to_dict(),
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from advisor.convention import ConventionChoice, find_convention
 from advisor.embed import (
     DEFAULT_CAP,
     DEFAULT_PER_CLASS,
@@ -56,6 +57,7 @@ class EmbeddingFacts:
         notes: what was not measured and why.
         forward_rate: images per second of the network's forward pass on this machine (steady
             state, from the embedding pass); `advisor.expect` scales its time estimates by it.
+        convention: the pixel convention applied and the evidence (`advisor.convention`).
     """
 
     model: str
@@ -70,6 +72,7 @@ class EmbeddingFacts:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     forward_rate: float | None = None
+    convention: ConventionChoice | None = None
 
     def facts(self) -> dict:
         """The facts rules may use (None where not measured); see `facts_from_measurement`."""
@@ -93,6 +96,7 @@ class EmbeddingFacts:
             "forward_rate": None if self.forward_rate is None else round(self.forward_rate, 2),
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "notes": list(self.notes),
+            "convention": None if self.convention is None else self.convention.to_dict(),
         }
 
 
@@ -142,7 +146,7 @@ def facts_from_measurement(measurement: dict) -> dict:
 
 
 def _reference(source: str | os.PathLike, graph, size: int | None, per_class: int, cap: int,
-               seed: int) -> StatsReference:
+               seed: int, prep=None) -> StatsReference:
     path = Path(source)
     if path.suffix == ".npz":
         return load_profile(path)
@@ -157,14 +161,14 @@ def _reference(source: str | os.PathLike, graph, size: int | None, per_class: in
         files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))[:cap]]
         sample = ImageSample(sorted(files), np.zeros(len(files), "int64"), ["reference"],
                              {"reference": len(files)}, seed)
-    return sample_reference(embed(graph, sample, size=size), f"reference sample {path}")
+    return sample_reference(embed(graph, sample, size=size, preprocessing=prep), f"reference sample {path}")
 
 
 def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike | keras.Model | LayerGraph,
             weights: str = "none", per_class: int = DEFAULT_PER_CLASS, cap: int = DEFAULT_CAP,
             size: int | None = None, reference: str | os.PathLike | None = None,
             bootstrap: int = 200, method: str = "ridge_loo", seed: int = 0,
-            safe_mode: bool = True) -> EmbeddingFacts:
+            safe_mode: bool = True, preprocessing: str = "auto") -> EmbeddingFacts:
     """Measure similarity and per-cut transferability of a labelled image folder under a model.
 
     Args:
@@ -179,6 +183,8 @@ def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike |
         method: per-cut score, `ridge_loo` (default) or `knn_loo`.
         seed: seed of the sample and the bootstrap.
         safe_mode: load model files with Keras safe mode.
+        preprocessing: the pixel convention: `auto` (measured, `advisor.convention`), `model` (the
+            model's own layers and name) or a `graft.conventions` name.
 
     Returns:
         `EmbeddingFacts`.
@@ -194,11 +200,13 @@ def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike |
         graph = layer_graph(net)
     net = graph.model
     sample = dataset if isinstance(dataset, ImageSample) else sample_dataset(dataset, per_class, cap, seed)
-    emb = embed(graph, sample, size=size)
-    notes = []
+    choice = find_convention(graph, sample, asked=preprocessing, size=size)
+    prep = choice.preprocessing(net)
+    emb = embed(graph, sample, size=size, preprocessing=prep)
+    notes = list(choice.notes)
     sim = None
     if reference is not None:
-        sim = similarity(emb, _reference(reference, graph, size, per_class, cap, seed), bootstrap, seed)
+        sim = similarity(emb, _reference(reference, graph, size, per_class, cap, seed, prep), bootstrap, seed)
     elif emb.stat_kind == "bn_input":
         sim = similarity(emb, bn_reference(graph, emb.stat_layers), bootstrap, seed)
     else:
@@ -212,5 +220,5 @@ def measure(dataset: str | os.PathLike | ImageSample, model: str | os.PathLike |
     return EmbeddingFacts(
         model=net.name, similarity=sim, transfer=trans, sample=emb.images, per_class=per_class, cap=cap,
         image_size=emb.image_size, preprocessing=emb.preprocessing, seconds=time.perf_counter() - start,
-        skipped=emb.skipped, notes=notes, forward_rate=emb.forward_rate,
+        skipped=emb.skipped, notes=notes, forward_rate=emb.forward_rate, convention=choice,
     )

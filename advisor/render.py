@@ -218,3 +218,18 @@ def rules_table(table: RuleTable) -> Group:
             for p in spec["phases"])
         sg.add_row(name, spec["cut"], phases, spec.get("doc", ""))
     return Group(th, st, mt, sg)
+
+
+def convention_line(evidence: dict) -> str:
+    """One line on the pixel convention and its evidence (`ConventionChoice.to_dict()`), e.g.
+    `pixel convention: tf (auto; bn_fit on 64 images, margin 0.114) - raw 2.494, unit 0.320, ...`."""
+    how = evidence.get("asked", "?")
+    if evidence.get("method", "none") == "none":
+        return f"pixel convention: {evidence.get('convention')} ({how}; not measured)"
+    scores = evidence.get("scores") or {}
+    order = "lower fits better" if evidence["method"] == "bn_fit" else "higher fits better"
+    listed = ", ".join(f"{k} {v:.3f}{'*' if k == evidence.get('best') else ''}" for k, v in scores.items())
+    sure = "" if evidence.get("confident") else ", unsure"
+    margin = evidence.get("margin")
+    return (f"pixel convention: {evidence['convention']} ({how}; {evidence['method']} on {evidence.get('sample')} "
+            f"images, margin {'n/a' if margin is None else f'{margin:.3f}'}{sure}) - {listed} ({order})")

@@ -422,4 +422,5 @@ def show_numbers(view: DataView) -> dict:
         "params": int(sum(r.params for r in view.layers)),
         "seconds": {k: round(v, 2) for k, v in view.seconds.items()},
         "notes": list(view.notes),
+        "convention": dict(view.convention),
     }

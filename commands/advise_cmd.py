@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 from graft.console import make_console
+from graft.conventions import CONVENTIONS
 from graft.errors import InputError
+
+PREPROCESSING_CHOICES = ("auto", "model", *CONVENTIONS)
 
 
 def register(sub) -> None:
@@ -19,6 +22,10 @@ def register(sub) -> None:
     )
     p.add_argument("dataset", help="folder with one sub-folder per class (optionally inside train/ val/ test/)")
     p.add_argument("--model", help="a .keras/.h5 file or a keras.applications name; enables measured similarity")
+    p.add_argument("--preprocessing", default="auto", choices=PREPROCESSING_CHOICES,
+                   help="how pixels are mapped for the network: auto (default: measured on your images), model "
+                        "(what the model's own layers and name say), or raw, unit, tf, torch, caffe "
+                        "(docs/conventions.md)")
     p.add_argument("--weights", default=None,
                    help="for a keras.applications name: imagenet (default; downloads), none, or a weights file")
     p.add_argument("--rules", help="rules file (default: the rules.yaml shipped with graft)")
@@ -76,7 +83,14 @@ def _draw_plan(advice, out: Path):
 
 def run(args) -> int:
     from advisor.advise import advise
-    from advisor.render import dataset_table, decision_panel, facts_table, plan_panel, trace_table
+    from advisor.render import (
+        convention_line,
+        dataset_table,
+        decision_panel,
+        facts_table,
+        plan_panel,
+        trace_table,
+    )
     from advisor.rules import parse_overrides
     from graft.plan import save_plan
 
@@ -117,7 +131,7 @@ def run(args) -> int:
         advice = advise(args.dataset, model=args.model, rules=args.rules, overrides=overrides,
                         similarity=args.similarity, weights=args.weights, measure=not args.no_measure,
                         reference=args.reference, out_dir=args.run_dir, safe_mode=not args.unsafe,
-                        progress=progress, strategy=args.strategy)
+                        progress=progress, strategy=args.strategy, preprocessing=args.preprocessing)
         if args.trial is not None:
             from advisor.advise import with_trial
             from advisor.trial import race
@@ -152,6 +166,7 @@ def run(args) -> int:
     console = make_console()
     console.print(dataset_table(advice.dataset))
     console.print(facts_table(advice.facts))
+    console.print(convention_line(advice.plan.data.preprocessing_evidence), markup=False, highlight=False)
     if advice.embedding is not None:
         from advisor.profile_chart import ProfileChart
 

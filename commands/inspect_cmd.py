@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from commands.advise_cmd import PREPROCESSING_CHOICES
 from graft.console import make_console
 from graft.errors import InputError
 
@@ -38,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--cap", type=int, default=None, metavar="N", help="--show: at most N images in all (default 1000)")
     p.add_argument("--size", type=int, default=None, metavar="N",
                    help="--show: input size for models that take any size (default 160)")
+    p.add_argument("--preprocessing", default="auto", choices=PREPROCESSING_CHOICES,
+                   help="--show: how pixels are mapped for the network: auto (default: measured on the data "
+                        "set's images), model (the model's own layers and name), or raw, unit, tf, torch, caffe")
     p.add_argument("--json", action="store_true", help="print the same data as JSON")
     p.set_defaults(func=run, uses_keras=True)
 
@@ -102,7 +106,7 @@ def render(data: dict, console: Console) -> None:
 
 def show_model(model_source: str, dataset: str, out_dir: str | None = None, weights: str = "none",
                per_class: int | None = None, cap: int | None = None, size: int | None = None,
-               safe_mode: bool = True, input_size: int | None = None):
+               safe_mode: bool = True, input_size: int | None = None, preprocessing: str = "auto"):
     """`inspect --show`: look at `dataset` through the model and write the page; returns a `ShowReport`."""
     from advisor.inspect_show import DEFAULT_CAP, DEFAULT_PER_CLASS, look
     from advisor.show_page import write_show
@@ -114,12 +118,14 @@ def show_model(model_source: str, dataset: str, out_dir: str | None = None, weig
         raise InputError(f"Data set folder {dataset} does not exist or is not a folder.")
     out = out_dir or f"inspect-{Path(model_source).stem}-{Path(dataset).resolve().name}"
     view = look(model_source, dataset, weights=weights, input_size=input_size, per_class=per_class or DEFAULT_PER_CLASS,
-                cap=cap or DEFAULT_CAP, size=size, safe_mode=safe_mode)
+                cap=cap or DEFAULT_CAP, size=size, safe_mode=safe_mode, preprocessing=preprocessing)
     return write_show(view, out)
 
 
 def render_show(report, console: Console) -> None:
     """A short summary of `inspect --show`: per-depth probe and shift, and the page's path."""
+    from advisor.render import convention_line
+
     n = report.numbers
     console.print(f"[bold]{n['model']}[/bold] on {n['dataset']}: {n['sample']:,} images, {len(n['classes'])} classes, "
                   f"{n['image_size'][0]}x{n['image_size'][1]}")
@@ -134,6 +140,9 @@ def render_show(report, console: Console) -> None:
                       "n/a" if d["probe_accuracy"] is None else f"{d['probe_accuracy']:.3f}",
                       "n/a" if d["shift"] is None else f"{d['shift']:.3f}")
     console.print(table)
+    conv = n.get("convention") or {}
+    if conv.get("scores"):
+        console.print(convention_line(conv), markup=False, highlight=False)
     for note in n["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"{len(report.files)} files in {report.out_dir}, {sum(n['seconds'].values()):.1f} s. "
@@ -143,7 +152,7 @@ def render_show(report, console: Console) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.show:
         report = show_model(args.model, args.show, args.out, args.weights, args.per_class, args.cap, args.size,
-                            safe_mode=not args.unsafe, input_size=args.input_size)
+                            safe_mode=not args.unsafe, input_size=args.input_size, preprocessing=args.preprocessing)
         if args.json:
             json.dump(report.to_dict(), sys.stdout, indent=1)
             sys.stdout.write("\n")

@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graft.conventions import CONVENTIONS
 from graft.errors import InputError, PlanError
 from graft.yamlio import YamlDoc, dump_yaml, load_yaml, write_yaml
 
@@ -30,6 +31,8 @@ AUTO = ("auto", "on", "off")
 SCHEDULES = ("constant", "cosine")
 SOLVERS = ("auto", "convex", "gradient")
 DISTRIBUTION = ("none", "mirrored", "multi_worker")
+#: `model`: the model's own layers and name decide; `none`: raw pixels (older plans); or a convention.
+PREPROCESSING = ("model", "none", *CONVENTIONS)
 
 
 @dataclass
@@ -123,6 +126,7 @@ class DataPlan:
     channels: int = 3
     channel_mode: str = "keep"
     preprocessing: str = "model"
+    preprocessing_evidence: dict = field(default_factory=dict)
     augmentation: dict = field(default_factory=dict)
     validation_split: float = 0.2
     test_split: float = 0.1
@@ -308,7 +312,7 @@ def validate(plan: Plan, doc: YamlDoc | None = None) -> None:
         _fail(doc, ("data", "input_size"), "data.input_size must be [height, width], each at least 8")
     _choice(doc, ("data", "channels"), d.channels, (1, 3))
     _choice(doc, ("data", "channel_mode"), d.channel_mode, CHANNEL_MODES)
-    _choice(doc, ("data", "preprocessing"), d.preprocessing, ("model", "none"))
+    _choice(doc, ("data", "preprocessing"), d.preprocessing, PREPROCESSING)
     for key in ("validation_split", "test_split"):
         if not 0 <= getattr(d, key) < 1:
             _fail(doc, ("data", key), f"data.{key} must be in [0, 1)")

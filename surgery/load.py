@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -30,6 +31,26 @@ def application_names() -> dict[str, str]:
         for attr in dir(keras.applications)
         if attr[:1].isupper() and callable(getattr(keras.applications, attr))
     }
+
+
+def check_model_path(source: str | os.PathLike) -> None:
+    """Refuse, before anything opens it, a model path that is missing, a folder or not a regular file.
+
+    A pipe (FIFO) or a device would block or stream forever once Keras opens it, so it is refused by
+    its type alone.
+
+    Raises:
+        ModelLoadError: one line saying what the path is and what to pass instead.
+    """
+    text = os.fspath(source)
+    path = Path(text)
+    if not path.exists():
+        raise ModelLoadError(f"Model file {text} does not exist. Check the path, or pass a keras.applications name such as resnet50.")
+    if path.is_dir():
+        raise ModelLoadError(f"{text} is a folder, not a model file; pass a .keras or .h5 file.")
+    if not path.is_file():
+        kind = "a pipe (FIFO)" if stat.S_ISFIFO(path.stat().st_mode) else "not a regular file (a device or socket)"
+        raise ModelLoadError(f"{text} is {kind}, not a model file; pass a .keras or .h5 file.")
 
 
 def check_model_file(path: Path) -> None:
@@ -95,10 +116,7 @@ def load_model(source: str | os.PathLike, weights: str | None = "imagenet",
     text = os.fspath(source)
     path = Path(text)
     if is_model_file(path):
-        if not path.exists():
-            raise ModelLoadError(f"Model file {text} does not exist. Check the path, or pass a keras.applications name such as resnet50.")
-        if path.is_dir():
-            raise ModelLoadError(f"{text} is a folder, not a model file; pass a .keras or .h5 file.")
+        check_model_path(path)
         check_model_file(path)
         try:
             return keras.models.load_model(path, safe_mode=safe_mode, compile=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from graft.conventions import CONVENTIONS, convention_layers
 from graft.errors import InputError, PlanError
 from surgery.graph import LayerGraph, layer_graph
 from surgery.head import find_head, replace_head
@@ -107,6 +108,20 @@ def with_preprocessing(model: keras.Model) -> tuple[keras.Model, str]:
     return wrapped, f"graft_preprocess layers ({mode} mode, as keras.applications preprocess_input)"
 
 
+def with_convention(model: keras.Model, name: str) -> tuple[keras.Model, str]:
+    """The model with the pixel convention `name` (`graft.conventions`) in front as frozen layers, so
+    that it takes raw 0..255 pixels; `raw` leaves it unchanged. Returns (model, description)."""
+    layers = convention_layers(name, int(model.input_shape[-1] or 3))
+    if not layers:
+        return model, f"none (the plan says data.preprocessing: raw; {CONVENTIONS[name].description})"
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    wrapped = keras.Model(inputs, model(x), name=f"{model.name}_preprocessed")
+    return wrapped, f"graft_preprocess layers ({name}: {CONVENTIONS[name].description})"
+
+
 def load_backbone(plan, safe_mode: bool | None = None) -> keras.Model:
     """Load the plan's model: a file, or a keras.applications name built for the plan's input."""
     source = plan.model.source
@@ -163,6 +178,8 @@ def prepare_model(plan, safe_mode: bool | None = None,
     notes: list[str] = []
     if plan.data.preprocessing == "model":
         model, pre = with_preprocessing(model)
+    elif plan.data.preprocessing in CONVENTIONS:
+        model, pre = with_convention(model, plan.data.preprocessing)
     else:
         pre = "none (the plan says data.preprocessing: none; raw 0..255 pixels)"
     head = plan.surgery.head

@@ -27,7 +27,7 @@ def candidate_cuts(graph: LayerGraph, max_cuts: int = 24) -> list[CutPoint]:
     spatial = [i for i, c in enumerate(cuts) if len(c.shape) == 4]
     if not spatial:
         raise InputError(f"Model {graph.model.name!r} has no spatial feature map to embed images with.")
-    body = [c for c in cuts[: spatial[-1] + 1] if len(c.shape) == 4 and c.shape[-1] != 3]
+    body = [c for c in cuts[: spatial[-1] + 1] if len(c.shape) == 4 and c.shape[-1] not in (1, 3)]
     kept = [c for i, c in enumerate(body) if i + 1 == len(body) or body[i + 1].shape[-1] != c.shape[-1]]
     if len(kept) > max_cuts:
         idx = np.unique(np.round(np.linspace(0, len(kept) - 1, max_cuts)).astype(int))
