@@ -111,7 +111,7 @@ class _Loader:
                   required=("rules_version", "strategies", "strategy_table"))
         version = data["rules_version"]
         if version != RULES_VERSION:
-            self.fail(("rules_version",), f"rules_version {version!r} is not supported; this graft reads "
+            self.fail(("rules_version",), f"rules_version {_short(version)} is not supported; this graft reads "
                                           f"rules_version {RULES_VERSION}")
         self.thresholds = self.load_thresholds(data.get("thresholds") or {})
         strategies = self.load_strategies(data["strategies"])
