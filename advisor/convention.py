@@ -111,8 +111,8 @@ class ConventionChoice:
 
     def preprocessing(self, model: keras.Model) -> Preprocessing:
         """The `Preprocessing` that `advisor.embed.embed` applies for this choice."""
-        if self.convention == "model":
-            return model_preprocessing(model)
+        if self.convention == "model" or (self.convention == "raw" and self.inside is not None):
+            return model_preprocessing(model)  # raw pixels into the model's own layer, named as such
         return convention_preprocessing(self.convention)
 
 
