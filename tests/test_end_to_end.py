@@ -47,7 +47,11 @@ def test_advised_plan_applies_end_to_end(tmp_path, similarity, overrides, strate
     # estimate says how accuracy on new images was measured, if it was
     assert result.splits == {"train": 300, "val": 0, "test": 0} and result.metrics["split"] == "train"
     estimate = result.metrics["estimate"]
-    if strategy == "truncate_probe":  # a probe (cut at the best depth; unmeasured here: the top)
+    guard = result.metrics.get("guard")
+    assert (guard is not None) == (strategy != "truncate_probe")  # every head-then-fine-tune plan is judged
+    if strategy == "truncate_probe" or guard["keep"] == "head_only":
+        # a probe (cut at the best depth; unmeasured here: the top), or fine-tuning undone by the
+        # guard: the saved model is the head alone, and its cross-validation is the estimate
         assert estimate["method"].endswith("cross-validation of the head") and estimate["images"] == 300
         lo, hi = estimate["interval95"]
         assert 0 <= lo < estimate["accuracy"] < hi <= 1
