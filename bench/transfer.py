@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -43,17 +40,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
+# The split protocol, the task folders and the row files are bench/recipes.py's (a superset of tasks).
+from bench.recipes import _commit, load_rows, split_dir, task_root  # noqa: E402,F401
+
 SHARED = Path(os.environ.get("GRAFT_SHARED", ROOT.parent / "shared"))
 MODEL = SHARED / "models" / "efficientnet_lite0_imagenet.keras"
 RESULTS = ROOT / "bench" / "results" / "transfer.jsonl"
 #: One row per (task, n, seed): the facts advise measured on the training images and the whole
 #: embedding measurement (shift profile, per-cut probe scores), so rule tables can be scored offline.
 MEASUREMENTS = ROOT / "bench" / "results" / "measurements.jsonl"
-WORK = Path(os.environ.get("GRAFT_BENCH_DIR", Path(tempfile.gettempdir()) / "graft-bench"))
 TASKS = ("cifar10", "rsscn7_aerial", "pbc_bloodcells", "dtd_textures", "quickdraw_sketches", "fashion_mnist")
 STRATEGIES = ("linear_probe", "truncate_probe", "lp_ft_top", "lp_ft", "finetune_all", "finetune_or_scratch")
-TEST_PER_CLASS = 40
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 # The reference's fixed settings (the guide's, with 1e-4 for fine-tuning as the issue's hand-written runs).
 REF_SIZE = 160          # the size the model README recommends on CPU
@@ -63,46 +60,6 @@ REF_WARMUP_EPOCHS = 10  # head warm-up before fine-tuning
 REF_FT_EPOCHS = 10
 REF_FT_LR = 1e-4
 REF_TRIAL_EPOCHS = 2    # finetune_or_scratch: pretrained vs random, as graft's fallback trial
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-def task_root(task: str) -> Path:
-    """The extracted class-per-folder tree of a task (extracted once under WORK)."""
-    if task == "cifar10":
-        root = WORK / "cifar10" / "train"
-        if not root.exists():
-            with tarfile.open(SHARED / "data" / "cifar10-images.tar.gz") as tar:
-                tar.extractall(WORK / "cifar10", filter="data")
-        return root
-    root = WORK / "devsuite" / task
-    if not root.exists():
-        with tarfile.open(SHARED / "data" / "devsuite.tar.gz") as tar:
-            tar.extractall(WORK, filter="data")
-    return root
-
-
-def split_dir(task: str, n: int, seed: int) -> Path:
-    """WORK/splits/TASK-nN-sSEED/{train,test}/CLASS/FILE (hard links), made once."""
-    out = WORK / "splits" / f"{task}-n{n}-s{seed}"
-    if (out / ".done").exists():
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    root = task_root(task)
-    for cls in sorted(d.name for d in root.iterdir() if d.is_dir()):
-        files = sorted(f.name for f in (root / cls).iterdir()
-                       if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-        random.Random(seed).shuffle(files)
-        for part, names in (("test", files[:TEST_PER_CLASS]), ("train", files[TEST_PER_CLASS:TEST_PER_CLASS + n])):
-            (out / part / cls).mkdir(parents=True, exist_ok=True)
-            for name in names:
-                try:
-                    os.link(root / cls / name, out / part / cls / name)
-                except OSError:
-                    shutil.copy2(root / cls / name, out / part / cls / name)
-    (out / ".done").write_text("")
-    return out
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -257,19 +214,6 @@ def cmd_measure(args) -> int:
 # ------------------------------------------------------------------------------------------ commands
 
 
-def _commit() -> str:
-    import subprocess
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def cmd_run(args) -> int:
     strategies = STRATEGIES if args.strategies == "all" else tuple(args.strategies.split(","))
     arms = tuple(args.arms.split(","))
@@ -296,12 +240,6 @@ def cmd_run(args) -> int:
             print(f"{args.task} n={args.n} seed={args.seed} {strategy:20s} {arm:9s} "
                   f"acc {out['accuracy']:.3f}  {out['seconds']:6.1f} s", flush=True)
     return 0
-
-
-def load_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def table(rows: list[dict]) -> str:
