@@ -16,8 +16,24 @@ from surgery.pipeline import indexed_image_batches
 PREDICT_BATCH = 64
 
 
-def predict(model: keras.Model, files: list[str], labels: list[int], spec, distributed: bool = False):
-    """Outputs of `model` for the decodable files, and their labels, streamed in batches.
+#: The deterministic views of a training image that a frozen-backbone head also fits on, per
+#: `DataSpec.augment["flip"]` (NHWC batches).
+FLIP_VIEWS = {
+    "horizontal": {"hflip": lambda b: b[:, :, ::-1]},
+    "vertical": {"vflip": lambda b: b[:, ::-1]},
+    "horizontal_and_vertical": {"hflip": lambda b: b[:, :, ::-1], "vflip": lambda b: b[:, ::-1]},
+}
+
+
+def flip_views(augment: dict) -> dict:
+    """name -> batch transform of the flips `augment` keeps (empty without flips)."""
+    return FLIP_VIEWS.get((augment or {}).get("flip") or "", {})
+
+
+def predict(model: keras.Model, files: list[str], labels: list[int], spec, distributed: bool = False,
+            transform=None):
+    """Outputs of `model` for the decodable files, and their labels, streamed in batches
+    (`transform`: a batch -> batch function applied to the images first, e.g. a flip).
 
     Every batch has the same shape (the last one padded), so the compiled predict function is traced
     once; under a distribution strategy, `predict` splits each batch across the replicas.
@@ -26,6 +42,8 @@ def predict(model: keras.Model, files: list[str], labels: list[int], spec, distr
     labels_arr = np.asarray(labels)
     for idx, images in indexed_image_batches(files, spec, batch_size=PREDICT_BATCH):
         n = len(images)
+        if transform is not None:
+            images = np.ascontiguousarray(transform(images))
         if n < PREDICT_BATCH:
             images = np.concatenate([images, np.zeros((PREDICT_BATCH - n, *images.shape[1:]), images.dtype)])
         out = (model.predict(images, batch_size=PREDICT_BATCH, verbose=0) if distributed
@@ -38,12 +56,13 @@ def predict(model: keras.Model, files: list[str], labels: list[int], spec, distr
 
 
 def features(feat_model: keras.Model, files: list[str], labels: list[int], spec,
-              cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone features (through the head's weightless pooling layer) of the files, once."""
+              cache: Path | None, transform=None) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features (through the head's weightless pooling layer) of the files, once
+    (of their transformed images with `transform`; cache under its own name then)."""
     if cache is not None and cache.exists():
         with np.load(cache) as z:
             return z["x"], z["y"]
-    x, y = predict(feat_model, files, labels, spec)
+    x, y = predict(feat_model, files, labels, spec, transform=transform)
     if cache is not None:
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
@@ -99,4 +118,5 @@ def linear_dense(model: keras.Model, head: list[str]):
     return dense[0] if act == "softmax" else None
 
 
-__all__ = ["PREDICT_BATCH", "feature_batches", "feature_model", "features", "head_model", "linear_dense", "predict"]
+__all__ = ["FLIP_VIEWS", "PREDICT_BATCH", "feature_batches", "feature_model", "features", "flip_views", "head_model",
+           "linear_dense", "predict"]

@@ -10,14 +10,21 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
 from graft.atomic import write_json
 from graft.errors import PlanError
-from surgery.bottleneck import feature_batches, feature_model, features, head_model, linear_dense
+from surgery.bottleneck import (
+    feature_batches,
+    feature_model,
+    features,
+    flip_views,
+    head_model,
+    linear_dense,
+)
 from surgery.pipeline import make_dataset
 from surgery.prepare import set_phase_trainable
 from surgery.probe import fit_linear_head
@@ -68,8 +75,8 @@ def _params(model) -> tuple[int, int]:
 
 def _use_bottleneck(plan, ph, index: int) -> bool:
     """A head-only phase on a backbone no earlier phase changed. Augmentation does not switch it
-    off: a frozen-backbone phase fits on the features of the images as they are (augmentation
-    applies to the phases that train the backbone)."""
+    off: a frozen-backbone phase fits on the features of the images and of their kept flips
+    (`flip_views`); the random transforms apply to the phases that train the backbone."""
     if ph.trainable != "head" or plan.training.bottleneck == "off":
         return False
     if plan.training.distribution != "none":
@@ -113,14 +120,14 @@ def _checkpoint_seconds() -> float:
     return float(os.environ.get("GRAFT_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
 
 
-def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, reporter) -> None:
+def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, reporter, views=()) -> None:
     """The head phase as a convex fit: logistic regression on the frozen features to convergence,
     L2 chosen by cross-validation, written into the head's Dense layer."""
     t0 = time.perf_counter()
     dense = linear_dense(model, prepared.head)
     reporter.message(f"phase {ph.name}: fitting the linear head to convergence (C by cross-validation)")
     fit = fit_linear_head(xtr, ytr, classes=dense.units, seed=plan.data.seed,
-                          class_weight="balanced" if cw else None)
+                          class_weight="balanced" if cw else None, views=views)
     fit.assign_to(dense)
     logs = {"loss": fit.train_loss, "accuracy": fit.train_accuracy}
     reporter.message(f"phase {ph.name}: head fitted, C {fit.C:g}, logits / {fit.temperature:.3g} (calibrated), "
@@ -138,7 +145,8 @@ def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, r
     state["history"].append({"phase": ph.name, "epoch": len(state["history"]) + 1, "phase_epoch": 1,
                              "seconds": round(seconds, 3), **logs})
     state["probe"] = {"phase": i, "C": fit.C, "cv_accuracy": fit.cv_accuracy, "cv_folds": fit.cv_folds,
-                      "images": fit.images, "notes": fit.notes, "temperature": fit.temperature}
+                      "images": fit.images, "notes": fit.notes, "temperature": fit.temperature,
+                      "views": len(views)}
     entry["epochs_done"] = 1
     reporter.epoch(ph.name, 1, 1, logs, seconds)
 
@@ -152,6 +160,7 @@ class _Inputs:
     xtr: np.ndarray | None = None
     ytr: np.ndarray | None = None
     val: tuple | None = None
+    views: list = field(default_factory=list)
 
 
 def train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, notes, stop_after_epochs,
@@ -184,7 +193,8 @@ def train_phase(plan, i, ph, prepared, data, run_dir, state, reporter, jit, note
     steps_per_epoch = math.ceil(n_images / plan.data.batch_size)
     if convex:
         if not entry["epochs_done"]:
-            _fit_convex(plan, i, ph, model, prepared, inputs.xtr, inputs.ytr, inputs.val, cw, state, entry, reporter)
+            _fit_convex(plan, i, ph, model, prepared, inputs.xtr, inputs.ytr, inputs.val, cw, state, entry, reporter,
+                        inputs.views)
         stop_now = False
     else:
         stop_now = _fit_gradient(plan, i, ph, prepared, inputs, run_dir, state, entry, reporter, jit, monitor, cw,
@@ -215,6 +225,10 @@ def _phase_inputs(plan, ph, prepared, data, run_dir, state, reporter, bottleneck
         fdir.mkdir(exist_ok=True)
         feat_model = feature_model(model, prepared.head)
         xtr, ytr = features(feat_model, *data.train, data.spec, fdir / "train.npz")
+        # the kept flips: deterministic views of every training image, extra rows for the head
+        views = [features(feat_model, *data.train, data.spec, fdir / f"train_{name}.npz", transform=t)[0]
+                 for name, t in flip_views(data.spec.augment).items()]
+        views = [v for v in views if v.shape == xtr.shape]  # (a file that decodes once decodes always)
         val = None
         if data.val[0]:
             xv, yv = features(feat_model, *data.val, data.spec, fdir / "val.npz")
@@ -224,8 +238,11 @@ def _phase_inputs(plan, ph, prepared, data, run_dir, state, reporter, bottleneck
         # the convex fit writes the head's Dense layer directly; only gradient training needs the head model
         train_model = model if convex else head_model(model, prepared.head, xtr.shape[1:])
         fit_args = {}
+        if not convex and views:  # a gradient-trained head sees the views as more images
+            xtr, ytr = np.concatenate([xtr, *views]), np.tile(ytr, 1 + len(views))
+            views = []
         n_images = len(ytr)
-        return _Inputs(train_model, fit_args, n_images, xtr, ytr, val)
+        return _Inputs(train_model, fit_args, n_images, xtr, ytr, val, views)
     else:
         train_ds = make_dataset(*data.train, data.spec, training=True, num_classes=len(data.classes))
         val_ds = (make_dataset(*data.val, data.spec, training=False, num_classes=len(data.classes))

@@ -79,12 +79,17 @@ def _folds(labels: np.ndarray) -> int:
 
 
 def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0,
-                    class_weight: str | None = None, grid: tuple[float, ...] = C_GRID) -> LinearHead:
+                    class_weight: str | None = None, grid: tuple[float, ...] = C_GRID,
+                    views: list[np.ndarray] | tuple = ()) -> LinearHead:
     """Multinomial logistic regression on standardized features, C by stratified k-fold CV.
 
     Args:
         features: (images, features) float array.
         labels: (images,) integer classes in 0..classes-1.
+        views: feature arrays of the same images under label-preserving transforms (a horizontal
+            flip), row for row with `features`. They are extra training rows: each fold trains on
+            the views of its training images only and is scored on the plain held-out images, so
+            the CV accuracy stays an estimate on new, untransformed images.
         classes: the head's output units (classes absent from `labels` get a zero column and a very
             low bias).
         seed: seed of the fold assignment.
@@ -103,9 +108,15 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
     present = np.unique(y)
     if len(present) < 2:
         raise ValueError("a linear head needs images of at least two classes")
-    mean = x.mean(axis=0)
-    std = _scale_floor(x.std(axis=0))
-    z = (x - mean) / std
+    xv = [np.asarray(v, dtype="float64").reshape(len(v), -1) for v in views]
+    if any(v.shape != x.shape for v in xv):
+        raise ValueError(f"every view must have the features' shape {x.shape}; got {[v.shape for v in xv]}")
+    n, copies = len(y), 1 + len(xv)
+    x_all = np.concatenate([x, *xv]) if xv else x
+    y_all = np.tile(y, copies)
+    mean = x_all.mean(axis=0)
+    std = _scale_floor(x_all.std(axis=0))
+    z = (x_all - mean) / std
     # An L2-regularized linear model's weights lie in the span of its training rows (the gradient
     # of the loss is z.T @ residuals), and every fold's rows are a subset of all rows: fitting on the
     # coordinates of z in that span is exact and, with fewer images than features (10 per class on
@@ -130,11 +141,12 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
             # out-of-fold logits at every C, for the temperature (classes as in `present`)
             oof = np.zeros((len(grid), len(y), len(present)))
             splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-            for train, test in splitter.split(z, y):
+            for train, test in splitter.split(z[:n], y):
+                rows = (train[None, :] + n * np.arange(copies)[:, None]).ravel()  # the images and their views
                 model = logistic(grid[0], warm=True)  # along the path, each fit starts from the last
                 for k, c in enumerate(grid):
                     model.set_params(C=c)
-                    model.fit(z[train], y[train])
+                    model.fit(z[rows], y_all[rows])
                     correct[k] += (model.predict(z[test]) == y[test]).sum()
                     oof[k][np.ix_(test, np.searchsorted(present, model.classes_))] = _logits(model, z[test])
             accs = correct / len(y)
@@ -146,7 +158,7 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
             C = 1.0
             notes.append("fewer than two images in some class: no cross-validation, C = 1")
         model = logistic(C)
-        model.fit(z, y)
+        model.fit(z, y_all)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         notes.append(f"L-BFGS did not fully converge in {MAX_ITER} iterations")
     coef, intercept = np.asarray(model.coef_) @ basis, np.asarray(model.intercept_)
@@ -164,6 +176,9 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, classes: int, seed
     logits = x @ w + b
     logits -= logits.max(axis=1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    if xv:
+        notes.append(f"fitted on the images and {len(xv)} label-preserving view(s) of each "
+                     f"({len(y_all)} rows); cross-validated on the plain held-out images")
     return LinearHead(kernel=w.astype("float32"), bias=b.astype("float32"), C=C, cv_accuracy=cv_acc,
                       cv_folds=folds if folds >= 2 else 0, images=len(y),
                       train_accuracy=float((logp.argmax(axis=1) == y).mean()),

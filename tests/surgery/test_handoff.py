@@ -68,6 +68,8 @@ def test_the_hand_off_is_logged(no_holdout):
     assert any(m.startswith("phase finetune: loss") for m in messages.lines)
     state = json.loads((result.run_dir / "state.json").read_text())
     assert state["probe"]["temperature"] >= 1.0 and state["phases"][1]["start_loss"] == ft.start_loss
+    # the plan keeps horizontal flips: the convex head also fits on the flipped images' features
+    assert state["probe"]["views"] == 1 and any("view" in n for n in state["probe"]["notes"])
 
 
 def test_without_held_out_images_the_guard_checks_for_a_collapse(no_holdout):

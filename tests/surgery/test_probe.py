@@ -91,3 +91,31 @@ def test_describe_estimate_says_how_accuracy_was_measured():
                     "on 10 images")
     assert describe_estimate({"method": "none", "accuracy": None, "note": "give a test/ folder"}).endswith(
         "not measured. give a test/ folder")
+
+
+def _shift(x):
+    """8x8 digits moved one pixel right: the same digit (a label-preserving view)."""
+    img = x.reshape(-1, 8, 8)
+    return np.concatenate([np.zeros_like(img[:, :, :1]), img[:, :, :-1]], axis=2).reshape(len(x), 64)
+
+
+def test_views_are_training_rows_and_never_leak_into_the_held_out_fold():
+    # Noise features and random labels: nothing to learn. A view that is a near-copy of its image
+    # would make CV look perfect if a fold trained on the view of an image it is scored on.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 200)).astype("float32")
+    y = np.repeat(np.arange(4), 30)
+    fit = fit_linear_head(x, y, classes=4, views=[x + rng.normal(scale=1e-3, size=x.shape)])
+    assert fit.cv_accuracy < 0.45 and fit.images == 120
+    assert any("view" in n for n in fit.notes)
+    with pytest.raises(ValueError, match="view"):
+        fit_linear_head(x, y, classes=4, views=[x[:10]])
+
+
+def test_views_of_a_label_preserving_transform_help_on_new_transformed_images(digits):
+    xtr, ytr, xte, yte = digits
+    keep = np.concatenate([np.flatnonzero(ytr == c)[:5] for c in range(10)])  # 5 images per class
+    plain = fit_linear_head(xtr[keep], ytr[keep], classes=10)
+    viewed = fit_linear_head(xtr[keep], ytr[keep], classes=10, views=[_shift(xtr[keep])])
+    acc = {name: (_predict(f, _shift(xte)) == yte).mean() for name, f in (("plain", plain), ("viewed", viewed))}
+    assert acc["viewed"] > acc["plain"] + 0.03, acc
