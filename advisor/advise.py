@@ -206,6 +206,8 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
     cut = embedding_cut if strategy["cut"] == "best" else None
     augmentation = copy.deepcopy(mods.get("augmentation", {}))
     size, _ = input_size_for(model, bool(facts.get("gpu")))
+    phases = _phases(strategy, scale)
+    holdout = _guard_holdout(phases, dataset, mods)
     data = DataPlan(
         path=str(Path(dataset.root)),
         input_size=size,
@@ -216,7 +218,7 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
         augmentation=augmentation,
         # Every labelled image trains the final model unless the data set names its own splits or a
         # modifier asks for a hold-out (docs/apply.md, "How accuracy is estimated").
-        validation_split=float(mods.get("validation_split", 0.0)),
+        validation_split=float(mods.get("validation_split", holdout)),
         test_split=0.0,
         batch_size=int(mods.get("batch_size", 32)),
         skip_corrupt=bool(mods.get("skip_corrupt", True)),
@@ -233,6 +235,13 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
     runner_expected = (expect(runner, runner_cost["base_forward_passes"], probe, forward_rate).to_dict()
                        if runner else {})
     reasons = [decision.reason] + [why for _, why in decision.modifier_rules]
+    if holdout:
+        held = round(dataset.images * holdout)
+        reasons.append(
+            f"A stratified {holdout:.0%} of the images ({held}) is held out to judge fine-tuning against the head "
+            "alone on images neither has seen (the guard keeps whichever scores higher there, and the accuracy "
+            "estimate comes from them); once it has chosen, the head is fitted again on every image "
+            "(training.refit_head), so the held-out images are not lost to the final model.")
     fb = strategy.get("fallback")
     sim = {"value": facts.get("similarity"), "method": facts.get("similarity_method"),
            "uncertainty": facts.get("similarity_uncertainty")}
@@ -258,11 +267,31 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
             head=HeadPlan(classes=dataset.classes, pooling=head.get("pooling", "avg"),
                           hidden=list(head.get("hidden", [])), dropout=float(head.get("dropout", 0.2)))),
         training=TrainingPlan(
-            phases=_phases(strategy, scale), class_weights=mods.get("class_weights", "none"),
-            fallback=Fallback(fb["scratch_trial_epochs"], float(fb["margin"])) if fb else None),
+            phases=phases, class_weights=mods.get("class_weights", "none"),
+            fallback=Fallback(fb["scratch_trial_epochs"], float(fb["margin"])) if fb else None,
+            refit_head=bool(holdout)),
         data=data,
         outputs=OutputPlan(dir=out_dir or f"runs/{name}-{decision.strategy}"),
     )
+
+
+#: Share of the images a guarded plan holds out (at most HOLDOUT_MAX images): fine-tuning is judged
+#: against the head alone there, then the head is refit on every image (docs/apply.md, "Recipes").
+HOLDOUT = 0.2
+HOLDOUT_MAX = 2000
+
+
+def _guard_holdout(phases, dataset, mods: dict) -> float:
+    """The validation share a plan holds out for the fine-tuning guard: HOLDOUT of the images (at
+    most HOLDOUT_MAX) when the phases fine-tune after a head phase, the data set names no splits of
+    its own, no modifier sets one, and every class keeps at least one image out and four in."""
+    from surgery.guard import guarded
+
+    if not guarded(phases) or getattr(dataset, "splits", None) or "validation_split" in mods:
+        return 0.0
+    if (getattr(dataset, "images_per_class_min", 0) or 0) < 5 or not dataset.images:
+        return 0.0
+    return round(min(HOLDOUT, HOLDOUT_MAX / dataset.images), 4)
 
 
 def _embedding_cut(facts: dict, embedding) -> str | None:

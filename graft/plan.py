@@ -117,6 +117,7 @@ class TrainingPlan:
     mixed_precision: str = "auto"
     jit_compile: str = "auto"
     distribution: str = "none"
+    refit_head: bool = False
 
 
 @dataclass

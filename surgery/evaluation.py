@@ -37,6 +37,8 @@ def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
     acc = float(metrics.get("accuracy", 0.0))
     if split in ("test", "val"):
         method = "test split" if split == "test" else "validation split"
+        if split == "val" and plan.training.refit_head:
+            method = "held-out images (scored before the head was refit on them)"
         return {"method": method, "accuracy": acc, "images": n,
                 "interval95": list(wilson_interval(round(acc * n), n))}
     probe = state.get("probe")

@@ -37,7 +37,11 @@ def head_only_file(run_dir: Path) -> Path:
 
 def applies(plan) -> bool:
     """A plan whose first phase trains only the head and a later phase trains the backbone."""
-    phases = plan.training.phases
+    return guarded(plan.training.phases)
+
+
+def guarded(phases) -> bool:
+    """Phases whose first trains only the (pretrained-backbone) head and a later one the backbone."""
     return (len(phases) > 1 and phases[0].trainable == "head" and phases[0].weights != "random"
             and any(p.trainable != "head" for p in phases[1:]))
 
@@ -120,4 +124,4 @@ def check(plan, model, data, state: dict, run_dir: Path, notes: list[str], distr
     notes.append("guard: " + state["guard"]["reason"])
 
 
-__all__ = ["HEAD_ONLY", "applies", "check", "head_only_file", "head_only_scores", "judge", "keep_head_only"]
+__all__ = ["HEAD_ONLY", "applies", "check", "guarded", "head_only_file", "head_only_scores", "judge", "keep_head_only"]

@@ -99,7 +99,7 @@ def _split_label(split: str | None) -> str:
     return {"train": "training", "val": "validation", "test": "test"}.get(split or "test", str(split))
 
 
-def _headline(metrics: Mapping, guard: Mapping | None = None) -> str:
+def _headline(metrics: Mapping, guard: Mapping | None = None, refit: Mapping | None = None) -> str:
     """The first thing the page says: the expected accuracy on new images, its 95 % interval, how
     it was measured and on how many images; or that it was not measured, and why."""
     from surgery.probe import describe_estimate
@@ -115,6 +115,10 @@ def _headline(metrics: Mapping, guard: Mapping | None = None) -> str:
     out.append(f"<p class='estimate'>{_e(describe_estimate(est or None))}.</p>")
     if guard and guard.get("reason"):
         out.append(f"<p class='estimate'>Fine-tuning guard: {_e(guard['reason'])}.</p>")
+    if refit:
+        out.append(f"<p class='estimate'>Head refit: once the guard had chosen, the head was fitted again on all "
+                   f"{refit['images']} labelled images ({refit['train_images']} training + {refit['val_images']} "
+                   "held out); the estimate above is from the held-out images, before the refit.</p>")
     out.append("</div>")
     return "\n".join(out)
 
@@ -288,7 +292,7 @@ def write_report(
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     add(f"<p class='muted'>Run directory <code>{_e(run_dir)}</code>, generated {generated}.</p>")
 
-    add(_headline(metrics, (extra or {}).get("guard")))
+    add(_headline(metrics, (extra or {}).get("guard"), (extra or {}).get("refit")))
 
     # Decision
     add("<h2>Decision</h2>")

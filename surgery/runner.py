@@ -32,7 +32,7 @@ from graft.errors import PlanError
 from graft.hardware import device
 from graft.lock import hold_lock
 from graft.plan import Plan, load_plan
-from surgery import guard
+from surgery import guard, refit
 from surgery import run_dir as rundir
 from surgery.evaluation import evaluate_run
 from surgery.fallback import initial_model, scratch_trial
@@ -160,9 +160,16 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
             result.history, result.notes = state["history"], notes  # stopped on request (stop_after_epochs)
             return result
         guard.check(plan, prepared.model, data, state, run_dir, notes, distributed=strategy is not None)
+        metrics = None
+        if refit.applies(plan, data):  # the held-out images join the head, scored before they do
+            t1 = time.perf_counter()
+            if not data.test[0]:
+                metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=strategy is not None)
+            refit.refit_head(plan, prepared, data, state, notes)
+            state.setdefault("timings", {})["refit_head"] = time.perf_counter() - t1
         timings.update(state.get("timings", {}))
         _finish(plan, prepared, data, run_dir, state, result, timings, notes, t0,
-                distributed=strategy is not None, safe_mode=safe_mode, runner_up=runner_up)
+                distributed=strategy is not None, safe_mode=safe_mode, runner_up=runner_up, metrics=metrics)
         return result
 
 
@@ -200,10 +207,14 @@ def _train_phases(plan, prepared: Prepared, data: RunData, run_dir: Path, state:
 
 def _finish(plan, prepared: Prepared, data: RunData, run_dir: Path, state: dict, result: RunResult,
             timings: dict, notes: list[str], t0: float, *, distributed: bool, safe_mode: bool | None,
-            runner_up: Plan | None) -> None:
-    """Evaluate on the test split (else validation), write every output file, commit the end."""
+            runner_up: Plan | None, metrics: dict | None = None) -> None:
+    """Evaluate on the test split (else validation; `metrics` when that was done before the head's
+    refit), write every output file, commit the end."""
     t1 = time.perf_counter()
-    metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=distributed)
+    if metrics is None:
+        metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=distributed)
+    if state.get("refit"):
+        metrics["refit"] = state["refit"]
     timings["evaluate"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     model_path = rundir.save_model(prepared.model, run_dir / "model.keras")
@@ -214,6 +225,7 @@ def _finish(plan, prepared: Prepared, data: RunData, run_dir: Path, state: dict,
                       model_summary=result.summary, timings={**timings, "total": time.perf_counter() - t0},
                       extra={"preprocessing": prepared.preprocessing, "splits": result.splits,
                              "fallback": state.get("fallback"), "guard": state.get("guard"),
+                             "refit": state.get("refit"),
                              "mixed_precision": result.mixed_precision,
                              "jit_compile": result.jit_compile, "device": result.device,
                              "backend": keras.backend.backend(), "distribution": plan.training.distribution,

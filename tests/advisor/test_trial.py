@@ -38,6 +38,11 @@ def test_plan_for_builds_the_other_strategy_from_the_same_measurement(advice):
     assert [p.trainable for p in other.training.phases] == ["head", "all"]
     assert other.facts == advice.plan.facts
     assert "forced" in other.decision.rule or "the rules chose" in other.decision.reasons[0].lower()
+    # a fine-tuning plan holds out a fifth of the images for its guard, then refits the head on all
+    assert other.data.validation_split == 0.2 and other.training.refit_head is True
+    assert any("held out to judge fine-tuning" in r and "(60)" in r for r in other.decision.reasons)
+    probe = plan_for(advice, "linear_probe")
+    assert probe.data.validation_split == 0.0 and probe.training.refit_head is False
 
 
 def test_a_real_race_scores_every_candidate_on_the_same_held_out_images(advice, tmp_path):

@@ -91,9 +91,30 @@ def test_the_report_leads_with_the_estimate_and_labels_training_accuracy(no_hold
     assert "Fine-tuning guard" in html
 
 
-def test_with_held_out_images_the_guard_compares_on_them(tmp_path):
-    result = run(lp_ft_plan(tmp_path / "run", 0.2))
+def test_with_held_out_images_the_guard_compares_on_them_then_the_head_is_refit_on_all(tmp_path):
+    plan = lp_ft_plan(tmp_path / "run", 0.2)
+    plan.training.refit_head = True
+    result = run(plan)
     verdict = result.metrics["guard"]
     assert verdict["evidence"] == "val" and verdict["images"] == result.splits["val"] == 60
     assert verdict["keep"] == ("head_only" if verdict["fine_tuned_accuracy"] < verdict["head_only_accuracy"]
                                else "fine_tuned")
+    # the estimate is the held-out images' score of the chosen model, before they joined the head
+    est = result.metrics["estimate"]
+    assert result.metrics["split"] == "val" and "before the head was refit" in est["method"]
+    chosen = verdict["fine_tuned_accuracy"] if verdict["keep"] == "fine_tuned" else verdict["head_only_accuracy"]
+    assert est["images"] == 60 and abs(est["accuracy"] - chosen) < 1e-3
+    refit = result.metrics["refit"]
+    assert refit["images"] == 300 and refit["train_images"] == 240 and refit["val_images"] == 60
+    assert refit["on"] == verdict["keep"] and any(n.startswith("refit_head:") for n in result.notes)
+    # the saved model carries the refit head: it now fits the held-out images too
+    import keras
+
+    from surgery.bottleneck import predict
+    from surgery.run_data import run_data
+
+    data = run_data(plan)
+    saved = keras.models.load_model(result.model_path)
+    prob, y = predict(saved, *data.val, data.spec)
+    assert (prob.argmax(axis=1) == y).mean() >= est["accuracy"]
+    assert "Head refit" in (result.run_dir / "report.html").read_text()

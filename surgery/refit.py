@@ -1,0 +1,64 @@
+"""The last step of a guarded plan with a hold-out: the linear head refit on every labelled image.
+
+A guarded plan (`surgery.guard`) holds out a stated share of the images (`data.validation_split`)
+so that fine-tuning is judged against the head alone on images neither has seen. Those images
+would then be lost to the final model. With `training.refit_head: true`, once the guard has chosen,
+the head is fitted again - the same convex fit as the head phase (`surgery.probe`), on the final
+backbone's features of the training *and* validation images (and their kept flips). The backbone
+is unchanged; only the head gains the held-out images. Cheap: one forward pass over the images.
+
+The accuracy estimate is measured before the refit, on the validation images, so it stays honest
+(it is that of a model that saw fewer images: slightly conservative).
+
+    metrics = evaluate_run(...)              # on the validation images, before
+    refit_head(plan, prepared, data, state, notes)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from surgery.bottleneck import feature_model, features, flip_views, linear_dense
+from surgery.probe import fit_linear_head
+
+
+def applies(plan, data) -> bool:
+    """A plan that asks for the refit and has validation images to give the head."""
+    return bool(plan.training.refit_head) and bool(data.val[0])
+
+
+def refit_head(plan, prepared, data, state: dict, notes: list[str]) -> dict | None:
+    """Refit the head's Dense layer on the training and validation images; what was done (also in
+    `state["refit"]`), or None when the head is not linear (a note says so)."""
+    model = prepared.model
+    dense = linear_dense(model, prepared.head)
+    if dense is None:
+        notes.append("refit_head: the head has hidden layers (not a convex problem); the head trained with the "
+                     "backbone is kept, fitted on the training images only")
+        return None
+    files = list(data.train[0]) + list(data.val[0])
+    labels = list(data.train[1]) + list(data.val[1])
+    feat_model = feature_model(model, prepared.head)
+    x, y = features(feat_model, files, labels, data.spec, None)
+    views = [features(feat_model, files, labels, data.spec, None, transform=t)[0]
+             for t in flip_views(data.spec.augment).values()]
+    cw = "balanced" if plan.training.class_weights == "balanced" else None
+    fit = fit_linear_head(x, y, classes=dense.units, seed=plan.data.seed, class_weight=cw,
+                          views=[v for v in views if v.shape == x.shape])
+    fit.assign_to(dense)
+    done = {"images": int(len(y)), "train_images": len(data.train[0]), "val_images": len(data.val[0]),
+            "C": fit.C, "cv_accuracy": fit.cv_accuracy, "temperature": round(fit.temperature, 4),
+            "on": (state.get("guard") or {}).get("keep", "fine_tuned")}
+    state["refit"] = done
+    notes.append(f"refit_head: the head was fitted again on all {done['images']} labelled images "
+                 f"({done['train_images']} training + {done['val_images']} held out) on the final backbone "
+                 f"(C {fit.C:g}, cross-validated accuracy {_fmt(fit.cv_accuracy)}); the estimate above is from the "
+                 "held-out images before this refit")
+    return done
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{float(np.round(v, 3)):.3f}"
+
+
+__all__ = ["applies", "refit_head"]
