@@ -321,7 +321,10 @@ def graft_arm(network: str, strategy: str, split: Path, seed: int, cache: dict) 
                         "seconds": p.seconds, "bottleneck": p.bottleneck} for p in result.phases],
             "history": [{k: v for k, v in h.items() if k in ("phase", "phase_epoch", "loss", "accuracy", "start_loss")}
                         for h in result.history],
-            "notes": [n for n in result.notes if "fine-tun" in n or "kept" in n][:5]}
+            "notes": [n for n in result.notes if "fine-tun" in n or "kept" in n][:5],
+            "guard": {k: v for k, v in (result.metrics.get("guard") or {}).items() if k != "reason"} or None,
+            "refit": result.metrics.get("refit"), "estimate": result.metrics.get("estimate"),
+            "splits": result.splits}
 
 
 def record_measurement(advice, seconds: float, network: str, task: str, n: int, seed: int, path: Path) -> None:
