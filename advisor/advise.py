@@ -473,7 +473,7 @@ def advise(dataset: str | os.PathLike, model: str | os.PathLike | None = None,
                              best_cut_depth=ef["best_cut_depth"], top_cut_gain=ef["cut_gain"],
                              best_cut_layer=ef["best_cut_layer"], similarity_sample=ef["similarity_sample"],
                              **{k: ef[k] for k in ("shift_early", "shift_late", "shift_ratio", "best_cut_score",
-                                                   "probe_lift")})
+                                                   "probe_lift", "probe_sample", "probe_lower")})
                 cut_layer = _embedding_cut(ef, emb)  # None when the top is best: keep the whole base
     if similarity is not None:
         facts.update(similarity=float(similarity), similarity_method="user", similarity_uncertainty=None)

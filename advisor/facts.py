@@ -64,6 +64,11 @@ FACTS: dict[str, FactSpec] = {f.name: f for f in [
              "embedding", nullable=True),
     FactSpec("probe_lift", "float", "0..1", "the best cut's probe accuracy from chance (0) to perfect (1): "
              "(score - chance) / (1 - chance)", "embedding", nullable=True),
+    FactSpec("probe_sample", "int", "images", "images the leave-one-out probe scored (the measurement's sample)",
+             "embedding", nullable=True),
+    FactSpec("probe_lower", "float", "0..1", "lower end of the Wilson 95 % interval of the best cut's probe "
+             "accuracy on the sample: how well the frozen features classify this data, at worst", "embedding",
+             nullable=True),
     FactSpec("model_layers", "int", "layers", "layers in the pretrained network", "model", nullable=True),
     FactSpec("model_has_batchnorm", "bool", "-", "the network has BatchNormalization layers", "model",
              nullable=True),

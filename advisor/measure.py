@@ -116,7 +116,9 @@ def facts_from_measurement(measurement: dict) -> dict:
     - `best_cut_depth`, `best_cut_layer`, `best_cut_score`, `top_cut_score`, `cut_gain`: the per-cut
       leave-one-out probe (`advisor.transfer`);
     - `probe_chance`: accuracy of always guessing the commonest class; `probe_lift`: the best cut's
-      probe accuracy as a share of the way from chance to 1 (0 = chance, 1 = every sample right).
+      probe accuracy as a share of the way from chance to 1 (0 = chance, 1 = every sample right);
+    - `probe_sample`: images the probe scored; `probe_lower`: the lower end of the Wilson 95 %
+      interval of the best cut's probe accuracy on them (how good the frozen features are, at worst).
     """
     s, t = measurement.get("similarity"), measurement.get("transfer")
     out = {
@@ -126,7 +128,7 @@ def facts_from_measurement(measurement: dict) -> dict:
         "similarity_sample": measurement.get("sample"),
         "shift_early": None, "shift_late": None, "shift_ratio": None,
         "best_cut_depth": None, "best_cut_layer": None, "best_cut_score": None, "top_cut_score": None,
-        "cut_gain": None, "probe_chance": None, "probe_lift": None,
+        "cut_gain": None, "probe_chance": None, "probe_lift": None, "probe_sample": None, "probe_lower": None,
     }
     profile = (s or {}).get("profile") or []
     early = [p["shift"] for p in profile if p["depth"] <= EARLY_DEPTH]
@@ -142,6 +144,11 @@ def facts_from_measurement(measurement: dict) -> dict:
                    best_cut_score=best, top_cut_score=top, cut_gain=round(best - top, 4),
                    probe_chance=chance,
                    probe_lift=round((best - chance) / (1 - chance), 4) if chance < 1 else None)
+        n = int(t.get("sample") or 0)
+        if n:
+            from surgery.probe import wilson_interval
+
+            out.update(probe_sample=n, probe_lower=wilson_interval(round(best * n), n)[0])
     return out
 
 

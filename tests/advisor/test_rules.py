@@ -66,6 +66,10 @@ def table():
 # rule -> (fact changes from BASE, strategy, case, runner_up, rules that also match)
 STRATEGY_CASES = {
     "too_few_per_class": ({"images_per_class_min": 3}, "linear_probe", 1, "lp_ft_top", ["small_similar"]),
+    "small_probe_enough": ({"probe_lower": 0.93, "best_cut_score": 0.97, "probe_sample": 100}, "truncate_probe", 0,
+                           "lp_ft", ["small_similar"]),
+    "small_thin_evidence": ({"probe_lower": 0.71, "best_cut_score": 0.8, "probe_sample": 100}, "lp_ft", 0,
+                            "truncate_probe", ["small_similar"]),
     "small_similar_low_level_shift": ({"shift_ratio": 1.5}, "lp_ft", 1, "truncate_probe", ["small_similar"]),
     "small_similar": ({}, "truncate_probe", 1, "lp_ft_top", []),
     "small_different_lower_cut": ({"similarity": 0.2, "top_cut_gain": 0.05, "best_cut_depth": 0.8,
@@ -116,6 +120,8 @@ def _classic(f: dict) -> str:
         return "too_few_per_class"
     sim, gain = f["similarity"], f["top_cut_gain"]
     if f["images"] < 10000:
+        if f.get("probe_lower") is not None:  # a measured probe: the evidence decides, not the case
+            return "small_probe_enough" if f["probe_lower"] >= 0.9 else "small_thin_evidence"
         if sim is None:
             return "small_similarity_unknown"
         if sim >= 0.5:
@@ -134,10 +140,11 @@ def test_decision_over_a_grid_matches_the_classic_cases(table):
     seen = set()
     grid = itertools.product([50, 9999, 10000, 99999, 100000, 10**6], [None, 0.0, 0.4999, 0.5, 1.0],
                              [None, 0.0, 0.0299, 0.03, 0.2], [1, 4, 5, 300], [None, 0.3, 0.9999, 1.0, 2.0],
-                             [10.0, 29.9, 30.0, 300.0])
-    for images, sim, gain, per_class_min, ratio, median in grid:
+                             [10.0, 29.9, 30.0, 300.0], [None, 0.8999, 0.9])
+    for images, sim, gain, per_class_min, ratio, median, lower in grid:
         f = facts(images=images, similarity=sim, top_cut_gain=gain, images_per_class_min=per_class_min,
-                  shift_ratio=ratio, images_per_class_median=median)
+                  shift_ratio=ratio, images_per_class_median=median, probe_lower=lower,
+                  best_cut_score=None if lower is None else lower + 0.05, probe_sample=None if lower is None else 100)
         d = evaluate(table, f)
         assert d.rule == _classic(f), f
         matched = [t.name for t in d.trace if t.table == "strategy" and t.matched]
@@ -160,6 +167,9 @@ def test_decision_over_a_grid_matches_the_classic_cases(table):
     ({"shift_ratio": 1.0}, "small_similar_low_level_shift"),  # low_level_shift is "at or above"
     ({"shift_ratio": 0.9999}, "small_similar"),
     ({"shift_ratio": None}, "small_similar"),  # no profile measured: the shift is not called low-level
+    ({"probe_lower": 0.9, "best_cut_score": 0.96, "probe_sample": 100}, "small_probe_enough"),  # "at or above"
+    ({"probe_lower": 0.8999, "best_cut_score": 0.95, "probe_sample": 100}, "small_thin_evidence"),
+    ({"probe_lower": 0.95, "best_cut_score": 0.99, "probe_sample": 100, "images": 10000}, "large_similar"),
     ({"images": 99999, "similarity": 0.2}, "large_different"),
     ({"images": 100000, "similarity": 0.2}, "large_different_scratch_trial"),
 ])
@@ -408,7 +418,7 @@ def _in_default_gap():
     text = DEFAULT_TEXT[:start] + DEFAULT_TEXT[DEFAULT_TEXT.index("modifiers:"):]
     return text, line_of(text, "- name: large_different\n"), \
         "gap in the strategy table: no rule matches images=10000, images_per_class_median=15, " \
-        "images_per_class_min=5, shift_ratio=0.5, similarity=unknown"
+        "images_per_class_min=5, probe_lower=0.4, shift_ratio=0.5, similarity=unknown"
 
 
 def _in_default_never_wins():
@@ -424,9 +434,9 @@ def _in_default_never_wins():
 
 def _in_default_overlap_under_unique():
     text = replace_once(DEFAULT_TEXT, "hit_policy: first", "hit_policy: unique")
-    return text, line_of(text, "- name: small_different\n"), \
+    return text, line_of(text, "- name: small_thin_evidence\n"), \
         "overlap in the strategy table (hit_policy unique): rules 'too_few_per_class' (line " \
-        f"{line_of(text, '- name: too_few_per_class')}) and 'small_different' both match images=9999, " \
+        f"{line_of(text, '- name: too_few_per_class')}) and 'small_thin_evidence' both match images=9999, " \
         "images_per_class_median=15, images_per_class_min=4"
 
 
@@ -683,7 +693,8 @@ def test_decision_to_dict_is_json(table):
     assert out["rule"] == "small_similarity_unknown" and out["strategy"] == "lp_ft_top"
     assert out["modifier_rules"][0]["rule"] == "class_weights"
     assert len(out["trace"]) == len(table.strategy_rules) + len(table.modifier_rules)
-    sim = [c for c in out["trace"][1]["conditions"] if c["fact"] == "similarity"][0]
+    rule = next(t for t in out["trace"] if t["name"] == "small_similar_low_level_shift")
+    sim = [c for c in rule["conditions"] if c["fact"] == "similarity"][0]
     assert sim == {"fact": "similarity", "op": "ge", "expected": 0.5, "threshold": "similar", "actual": None,
                    "passed": False, "text": "similarity >= similar (0.5)"}
 
@@ -728,7 +739,7 @@ def cli(tmp_path_factory):
 def test_cli_rules_check_default_exits_0(cli):
     r = cli["check"]
     assert r.returncode == 0, r.stderr
-    assert "ok rules.yaml: rules_version 1, 12 thresholds, 10 strategy rules" in " ".join(r.stdout.split())
+    assert "ok rules.yaml: rules_version 1, 13 thresholds, 12 strategy rules" in " ".join(r.stdout.split())
     assert "every rule can win" in r.stdout
     assert cli["check_set"].returncode == 0, cli["check_set"].stderr
 
