@@ -235,6 +235,9 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
     runner_expected = (expect(runner, runner_cost["base_forward_passes"], probe, forward_rate).to_dict()
                        if runner else {})
     reasons = [decision.reason] + [why for _, why in decision.modifier_rules]
+    hint = _trial_hint(decision.strategy, runner, expected, runner_expected)
+    if hint:
+        reasons.append(hint)
     if holdout:
         held = round(dataset.images * holdout)
         reasons.append(
@@ -273,6 +276,26 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
         data=data,
         outputs=OutputPlan(dir=out_dir or f"runs/{name}-{decision.strategy}"),
     )
+
+
+def _trial_hint(strategy: str, runner: str | None, expected: dict, runner_expected: dict) -> str | None:
+    """Whether a race (`advise --trial`) would pay on this data, and what it would cost: it pays when
+    the expected accuracy ranges of the winner and the runner-up overlap (the measurement cannot tell
+    them apart); a round trains both on 75 % of the images."""
+    a, b = expected.get("accuracy"), (runner_expected or {}).get("accuracy")
+    if not runner or not a or not b:
+        return None
+    sa, sb = expected.get("seconds"), runner_expected.get("seconds")
+    if a[0] > b[1] or b[0] > a[1]:
+        better = strategy if a[0] > b[1] else runner
+        return (f"A trial would not pay: the expected accuracy of {better} is above the other's whole range "
+                f"({strategy} {a[0]:.2f}-{a[1]:.2f}, {runner} {b[0]:.2f}-{b[1]:.2f}).")
+    from advisor.expect import duration
+
+    cost = "" if sa is None or sb is None else f" (one round: about {duration(0.75 * (sa + sb))} here)"
+    return (f"A trial would pay if the difference matters: the expected accuracy ranges of {strategy} "
+            f"({a[0]:.2f}-{a[1]:.2f}) and {runner} ({b[0]:.2f}-{b[1]:.2f}) overlap, so the measurement cannot tell "
+            f"them apart; `--trial SECONDS` races both on held-out images of yours{cost}.")
 
 
 #: Share of the images a guarded plan holds out (at most HOLDOUT_MAX images): fine-tuning is judged

@@ -79,6 +79,10 @@ def decision_panel(decision: Decision, plan=None) -> Panel:
     for name, why in decision.modifier_rules:
         lines.append(f"+ {name}: ", style="bold cyan")
         lines.append(why + "\n")
+    if plan is not None:  # the plan's own reasons: the guard's hold-out, whether a trial would pay, ...
+        for why in plan.decision.reasons[1 + len(decision.modifier_rules):]:
+            lines.append("+ ", style="bold cyan")
+            lines.append(why + "\n")
     return Panel(lines, title="Decision", title_align="left")
 
 
