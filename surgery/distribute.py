@@ -44,6 +44,8 @@ ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 ENV_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
 
+# Measured (Keras 3.15, TensorFlow 2.21, two workers on loopback): fit fails inside Keras' TF trainer
+# with "Attempt to convert a value (PerReplica ...)"; upstream: keras-team/keras#20585.
 _MULTI_WORKER = ("training.distribution: multi_worker is not supported: Keras 3's fit does not run under "
                  "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585); to train on several "
                  "machines use data_parallel with KERAS_BACKEND=jax (docs/backends.md#several-hosts), or "
