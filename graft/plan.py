@@ -30,7 +30,9 @@ CHANNEL_MODES = ("keep", "gray_to_rgb", "rgb_to_gray")
 AUTO = ("auto", "on", "off")
 SCHEDULES = ("constant", "cosine")
 SOLVERS = ("auto", "convex", "gradient")
-DISTRIBUTION = ("none", "mirrored", "multi_worker")
+#: `mirrored`: TensorFlow; `data_parallel`: JAX; `multi_worker` is accepted and refused by `apply`
+#: with what to use instead (surgery/distribute.py).
+DISTRIBUTION = ("none", "mirrored", "data_parallel", "multi_worker")
 #: `model`: the model's own layers and name decide; `none`: raw pixels (older plans); or a convention.
 PREPROCESSING = ("model", "none", *CONVENTIONS)
 

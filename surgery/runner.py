@@ -28,11 +28,10 @@ from pathlib import Path
 import keras
 
 from graft.atomic import write_json
-from graft.errors import PlanError
 from graft.hardware import device
 from graft.lock import hold_lock
 from graft.plan import Plan, load_plan
-from surgery import guard, refit
+from surgery import distribute, guard, refit
 from surgery import run_dir as rundir
 from surgery.evaluation import evaluate_run
 from surgery.fallback import initial_model, scratch_trial
@@ -120,6 +119,9 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     data = run_data(plan)
     run_dir, state = rundir.choose(plan, out_dir, resume, dry_run)
     strategy = _strategy_scope(plan.training.distribution) if not dry_run else None
+    if not distribute.writes_outputs():  # another process of a data_parallel run: process 0 writes run_dir
+        run_dir, state = rundir.choose(plan, distribute.worker_dir(run_dir), resume, dry_run)
+    own_plan, own_data, shard_notes = distribute.shard(plan, data)  # this process's images (data_parallel)
 
     def scope():
         return strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -127,7 +129,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     dev = device()
     mixed = _setting(plan.training.mixed_precision, dev.auto_mixed_precision())
     jit = _setting(plan.training.jit_compile, dev.auto_jit_compile())
-    notes = list(data.notes)
+    notes = list(data.notes) + shard_notes
     prepared = _prepare(plan, safe_mode, mixed, scope)
     timings: dict[str, float] = {"load_and_surgery": time.perf_counter() - t0}
     splits = {"train": len(data.train[0]), "val": len(data.val[0]), "test": len(data.test[0])}
@@ -151,25 +153,25 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         # The fallback trial: does pretrained initialization beat random on this data?
         if plan.training.fallback is not None and state.get("fallback") is None:
             with scope():
-                state["fallback"] = scratch_trial(plan, data, reporter, jit, safe_mode)
+                state["fallback"] = scratch_trial(own_plan, own_data, reporter, jit, safe_mode)
             write_json(run_dir / "state.json", state)
         prepared = initial_model(plan, prepared, state, notes, scope)
         if state.get("weights_file"):
             prepared.model.load_weights(run_dir / "checkpoints" / state["weights_file"])
-        if not _train_phases(plan, prepared, data, run_dir, state, reporter, jit, notes, stop_after_epochs, scope):
+        if not _train_phases(own_plan, prepared, own_data, run_dir, state, reporter, jit, notes, stop_after_epochs, scope):
             result.history, result.notes = state["history"], notes  # stopped on request (stop_after_epochs)
             return result
-        guard.check(plan, prepared.model, data, state, run_dir, notes, distributed=strategy is not None)
+        guard.check(plan, prepared.model, data, state, run_dir, notes, distributed=_mirrored(plan))
         metrics = None
         if refit.applies(plan, data):  # the held-out images join the head, scored before they do
             t1 = time.perf_counter()
             if not data.test[0]:
-                metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=strategy is not None)
+                metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=_mirrored(plan))
             refit.refit_head(plan, prepared, data, state, notes)
             state.setdefault("timings", {})["refit_head"] = time.perf_counter() - t1
         timings.update(state.get("timings", {}))
         _finish(plan, prepared, data, run_dir, state, result, timings, notes, t0,
-                distributed=strategy is not None, safe_mode=safe_mode, runner_up=runner_up, metrics=metrics)
+                distributed=_mirrored(plan), safe_mode=safe_mode, runner_up=runner_up, metrics=metrics)
         return result
 
 
@@ -216,6 +218,10 @@ def _finish(plan, prepared: Prepared, data: RunData, run_dir: Path, state: dict,
     if state.get("refit"):
         metrics["refit"] = state["refit"]
     timings["evaluate"] = time.perf_counter() - t1
+    if not distribute.writes_outputs():  # every process evaluates (a collective); process 0 writes
+        result.run_dir, result.metrics, result.history = distribute.drop_worker_dir(run_dir), metrics, state["history"]
+        result.phases, result.notes = [PhaseReport(**p) for p in state["phases"]], notes
+        return
     t2 = time.perf_counter()
     model_path = rundir.save_model(prepared.model, run_dir / "model.keras")
     _, drawing_note = draw_into_run(plan, run_dir, safe_mode, runner_up)  # plan.png, which the report shows
@@ -261,30 +267,28 @@ def check_backend(plan) -> None:
     """Refuse, before anything runs, what the plan asks for that the active Keras backend cannot do.
 
     Raises:
-        PlanError: `training.distribution` other than `none` under JAX or PyTorch (graft distributes
-            with `tf.distribute`, which only the TensorFlow backend has).
+        PlanError: a `training.distribution` the backend cannot do (`mirrored` is TensorFlow's,
+            `data_parallel` JAX's; `surgery.distribute.check`), with what to use instead.
     """
-    backend = keras.backend.backend()
-    distribution = plan.training.distribution
-    if distribution != "none" and backend != "tensorflow":
-        raise PlanError(f"training.distribution: {distribution} needs the TensorFlow backend (graft distributes "
-                        f"with tf.distribute); KERAS_BACKEND is {backend}. Set distribution: none (one device), "
-                        "or run with KERAS_BACKEND=tensorflow")
+    distribute.check(plan.training.distribution)
+
+
+def _mirrored(plan) -> bool:
+    """Whether the model lives under `tf.distribute` (its `predict` splits batches over the replicas;
+    under `data_parallel` every process predicts whole batches on its replica instead)."""
+    return plan.training.distribution == "mirrored"
 
 
 def _strategy_scope(distribution: str):
-    """The `tf.distribute` strategy the plan names, or None (`check_backend` ran before)."""
+    """What the plan distributes with (its `scope()` holds model building and training), or None
+    (`check_backend` ran before; `multi_worker` was refused there, keras-team/keras#20585)."""
     if distribution == "none":
         return None
+    if distribution == "data_parallel":
+        return distribute.data_parallel()
     import tensorflow as tf
 
-    if distribution == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    # Measured here (Keras 3.15, TensorFlow 2.21, two workers on loopback): fit fails inside Keras'
-    # TF trainer with "Attempt to convert a value (PerReplica ...)"; upstream: keras-team/keras#20585.
-    raise PlanError("training.distribution: multi_worker is not supported: Keras 3's fit does not run under "
-                    "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585); use mirrored (every "
-                    "GPU of one machine) or none")
+    return tf.distribute.MirroredStrategy()
 
 
 __all__ = ["PhaseReport", "Reporter", "RunResult", "check_backend", "run"]

@@ -204,7 +204,7 @@ def test_wrong_type_of_a_list_item_names_the_item_line(text):
     ("training:", "  mixed_precision: auto", "  mixed_precision: bf16", "'training.mixed_precision' is 'bf16'"),
     ("training:", "  jit_compile: auto", "  jit_compile: xla", "'training.jit_compile' is 'xla'"),
     ("training:", "  distribution: none", "  distribution: mirror",
-     "'training.distribution' is 'mirror'; expected one of none, mirrored, multi_worker; did you mean 'mirrored'?"),
+     "'training.distribution' is 'mirror'; expected one of none, mirrored, data_parallel, multi_worker; did you mean 'mirrored'?"),
     ("model:", "  source: mobilenetv2", "  source: ''", "model.source is empty"),
     ("data:", "  path: " + str(DATA), "  path: ''", "data.path is empty"),
     ("data:", "  channels: 3", "  channels: 2", "'data.channels' is 2; expected one of 1, 3"),
