@@ -375,6 +375,11 @@ def test_plan_and_json_carry_the_expected_accuracy_and_time_of_winner_and_runner
     # the probe and guarded fine-tuning are each other's runner-up; the probe is the faster
     assert d.expected["seconds"] > 0
     assert (d.runner_up_expected["seconds"] > d.expected["seconds"]) == (d.strategy == "truncate_probe")
+    # whether a race would pay follows from the two ranges, and says what a round costs
+    (lo2, hi2), hint = d.runner_up_expected["accuracy"], [r for r in d.reasons if r.startswith("A trial would")]
+    assert len(hint) == 1
+    assert hint[0].startswith("A trial would pay" if lo <= hi2 and lo2 <= hi else "A trial would not pay")
+    assert "one round: about" in hint[0] or "not pay" in hint[0]
     assert "measured here" in d.expected["basis"]
     from advisor.render import decision_panel
 
