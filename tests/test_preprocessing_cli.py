@@ -3,6 +3,7 @@ not regular files (a FIFO must never hang advise or inspect)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+import cli as cli_module
 from advisor.advise import advise
 from graft.conventions import apply_convention
 from graft.errors import InputError
@@ -29,30 +31,57 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command", ["advise", "inspect"])
-def test_bad_preprocessing_is_exit_2_with_the_choices(command, tmp_path):
+def test_bad_preprocessing_is_exit_2_with_the_choices(command, tmp_path, capsys):
+    # in-process: argparse refuses the choice before anything is loaded (exit 2, the choices listed)
     args = [str(DATA), "--model", str(CNN)] if command == "advise" else [str(CNN), "--show", str(DATA)]
-    proc = cli(command, *args, "--preprocessing", "imagenet", "--out", str(tmp_path / "x"))
-    assert proc.returncode == 2
-    assert "'auto', 'model', 'raw', 'unit', 'tf', 'torch', 'caffe'" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        cli_module.main([command, *args, "--preprocessing", "imagenet", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "'auto', 'model', 'raw', 'unit', 'tf', 'torch', 'caffe'" in capsys.readouterr().err
     with pytest.raises(InputError, match="auto, model, raw"):
         advise(DATA, preprocessing="imagenet")
 
 
-@pytest.mark.parametrize("kind", ["fifo", "fifo.keras", "folder", "device"])
-def test_a_model_path_that_is_not_a_file_is_exit_2_never_a_hang(kind, tmp_path):
+def _model_path_cases(path, tmp_path):
+    return (["advise", str(DATA), "--model", str(path), "--out", str(tmp_path / "p.yaml")], ["inspect", str(path)])
+
+
+def test_a_fifo_model_path_is_exit_2_never_a_hang(tmp_path):
+    # One child process runs every case (a FIFO named with and without .keras; advise and inspect),
+    # so that a hang (opening the FIFO) fails the test on the timeout instead of stalling the suite.
+    cases = []
+    for kind in ("fifo", "fifo.keras"):
+        os.mkfifo(tmp_path / kind)
+        cases += _model_path_cases(tmp_path / kind, tmp_path)
+    code = ("import contextlib, io, json, sys, cli\n"
+            "out = []\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        out.append([cli.main(args), err.getvalue()])\n"
+            "print(json.dumps(out))\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env=env)  # a hang fails here with TimeoutExpired
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 4
+    for rc, err in results:
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and "not a model file" in lines[0], err
+
+
+@pytest.mark.parametrize("kind", ["folder", "device"])
+def test_a_model_path_that_is_not_a_file_is_exit_2(kind, tmp_path, capsys):
     path = tmp_path / kind
-    if kind.startswith("fifo"):
-        os.mkfifo(path)
-    elif kind == "folder":
+    if kind == "folder":
         path.mkdir()
     else:
         path = "/dev/null"
-    for args in (["advise", str(DATA), "--model", str(path), "--out", str(tmp_path / "p.yaml")],
-                 ["inspect", str(path)]):
-        proc = cli(*args, timeout=60)  # a hang fails here with TimeoutExpired
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and "not a model file" in lines[0], proc.stderr
+    for args in _model_path_cases(path, tmp_path):
+        assert cli_module.main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "not a model file" in lines[0], lines
 
 
 def test_advise_records_the_convention_and_apply_puts_it_in_front(tmp_path):
