@@ -689,7 +689,7 @@ def _tune_names(table: RuleTable, spec: str) -> list[str]:
         return []
     if spec == "auto":
         measured = {"similarity", "shift_ratio", "shift_early", "shift_late", "probe_lift", "top_cut_gain",
-                    "best_cut_score", "best_cut_depth", "images_per_class_median"}
+                    "best_cut_score", "best_cut_depth", "images_per_class_median", "probe_lower"}
         return [name for name, facts in tunable(table).items() if set(facts) & measured]
     return [t for t in spec.split(",") if t]
 
