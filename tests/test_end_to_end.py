@@ -43,18 +43,21 @@ def test_advised_plan_applies_end_to_end(tmp_path, similarity, overrides, strate
     model = keras.models.load_model(result.model_path, safe_mode=True)
     probs = model.predict(np.zeros((2, 32, 32, 3)), verbose=0)
     assert probs.shape == (2, 5) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-    # nothing held out (the data set names no splits): every image trained the model, and the
-    # estimate says how accuracy on new images was measured, if it was
-    assert result.splits == {"train": 300, "val": 0, "test": 0} and result.metrics["split"] == "train"
     estimate = result.metrics["estimate"]
     guard = result.metrics.get("guard")
     assert (guard is not None) == (strategy != "truncate_probe")  # every head-then-fine-tune plan is judged
-    if strategy == "truncate_probe" or guard["keep"] == "head_only":
-        # a probe (cut at the best depth; unmeasured here: the top), or fine-tuning undone by the
-        # guard: the saved model is the head alone, and its cross-validation is the estimate
+    if strategy == "truncate_probe":
+        # a probe (cut at the best depth; unmeasured here: the top): nothing held out, every image
+        # trained it, and its cross-validation is the estimate
+        assert result.splits == {"train": 300, "val": 0, "test": 0} and result.metrics["split"] == "train"
         assert estimate["method"].endswith("cross-validation of the head") and estimate["images"] == 300
         lo, hi = estimate["interval95"]
         assert 0 <= lo < estimate["accuracy"] < hi <= 1
     else:
-        assert estimate["method"] == "none" and "not measured" in estimate["note"]
-        assert 0 <= estimate["head_only_cv_accuracy"] <= 1
+        # fine-tuning: a stated fifth held out for the guard, scored before the head was refit on
+        # every image; the estimate is the chosen model's score there
+        assert plan.data.validation_split == 0.2 and plan.training.refit_head
+        assert result.splits == {"train": 240, "val": 60, "test": 0} and result.metrics["split"] == "val"
+        assert guard["evidence"] == "val" and estimate["images"] == 60
+        assert estimate["method"].startswith("held-out images") and 0 <= estimate["accuracy"] <= 1
+        assert result.metrics["refit"]["images"] == 300

@@ -33,9 +33,10 @@ def test_verdict_switches_only_on_a_clear_win():
 
 
 def test_plan_for_builds_the_other_strategy_from_the_same_measurement(advice):
-    other = plan_for(advice, "lp_ft")
-    assert other.decision.strategy == "lp_ft"
-    assert [p.trainable for p in other.training.phases] == ["head", "all"]
+    assert advice.decision.strategy != "lp_ft_top"
+    other = plan_for(advice, "lp_ft_top")
+    assert other.decision.strategy == "lp_ft_top"
+    assert [p.trainable for p in other.training.phases] == ["head", "top_third"]
     assert other.facts == advice.plan.facts
     assert "forced" in other.decision.rule or "the rules chose" in other.decision.reasons[0].lower()
     # a fine-tuning plan holds out a fifth of the images for its guard, then refits the head on all
@@ -61,14 +62,15 @@ def test_a_real_race_scores_every_candidate_on_the_same_held_out_images(advice, 
 
 
 def test_with_trial_switches_the_plan_and_says_why(advice):
-    entries = [Entry(advice.decision.strategy, 10, 75, 1.0, 1), Entry("lp_ft", 70, 75, 1.0, 1)]
+    assert advice.decision.strategy != "linear_probe"
+    entries = [Entry(advice.decision.strategy, 10, 75, 1.0, 1), Entry("linear_probe", 70, 75, 1.0, 1)]
     winner, switched, reason = verdict(entries, advice.decision.strategy)
     after = with_trial(advice, Trial(entries, advice.decision.strategy, winner, switched, reason, 10, 2))
-    assert after.decision.strategy == "lp_ft" and after.decision.rule == "trial"
+    assert after.decision.strategy == "linear_probe" and after.decision.rule == "trial"
     assert after.decision.runner_up == advice.decision.strategy
-    assert after.plan.decision.reasons[0].startswith("Trial: lp_ft reached")
-    assert [p.trainable for p in after.plan.training.phases] == ["head", "all"]
-    assert advice.plan.decision.strategy != "lp_ft"  # the input advice is unchanged
+    assert after.plan.decision.reasons[0].startswith("Trial: linear_probe reached")
+    assert [p.trainable for p in after.plan.training.phases] == ["head"]
+    assert advice.plan.decision.strategy != "linear_probe"  # the input advice is unchanged
 
 
 def test_trial_uses_only_the_training_split(tmp_path):
