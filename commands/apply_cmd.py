@@ -7,7 +7,9 @@ import sys
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import ProgressColumn
 from rich.table import Table
+from rich.text import Text
 
 from graft.console import make_console
 from graft.errors import WriteError
@@ -33,33 +35,69 @@ def register(sub) -> None:
 
 
 class _ConsoleReporter:
-    """Per-epoch lines on stderr, and on a terminal a live bar for the batches of the current epoch."""
+    """Per-epoch lines on stderr, and on a terminal a live bar: over a phase's images (images/s, its
+    elapsed time and ETA to the phase's last epoch) once the phase has announced itself, else over
+    the batches of the current epoch; and over the images of a forward pass (features, evaluation)."""
 
     def __init__(self, quiet: bool, console: Console | None = None):
         self.console = console or make_console(stderr=True, highlight=False)
         self.quiet = quiet
         self.progress = None
         self.task = None
+        self._phase: dict | None = None
+        self._forward: str | None = None
         if not quiet and self.console.is_terminal:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
                 Progress,
                 TextColumn,
+                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
+                                     TextColumn("{task.fields[unit]}"), _RateColumn(), TimeElapsedColumn(),
+                                     TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+                                     transient=True)
+
+    def _bar(self, total: int, unit: str) -> None:
+        """A fresh bar of `total` units (the previous one, if any, is dropped)."""
+        if self.task is None:
+            self.progress.start()
+        else:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task("", total=total, unit=unit)
+
+    def phase(self, phase: str, start: int, end: int, epochs: int, images: int, steps: int) -> None:
+        self._phase = {"name": phase, "start": start, "end": end, "epochs": epochs, "images": images,
+                       "steps": steps}
+        self._forward = None
+        if self.progress is not None:
+            self._bar((end - start) * images, "images")
 
     def batch(self, phase: str, epoch: int, step: int, steps: int) -> None:
         if self.progress is None:
             return
-        if self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("", total=steps)
-        self.progress.update(self.task, completed=min(step, steps), total=max(steps, step),
-                             description=f"{phase} epoch {epoch}")
+        p = self._phase if self._phase and self._phase["name"] == phase else None
+        if p is None:  # a phase that did not announce itself: the epoch's batches
+            if self.task is None or self._forward is not None:
+                self._forward = None
+                self._bar(steps, "batches")
+            self.progress.update(self.task, completed=min(step, steps), total=max(steps, step),
+                                 description=f"{phase} epoch {epoch}")
+            return
+        per_batch = -(-p["images"] // max(1, p["steps"]))
+        done = (epoch - p["start"] - 1) * p["images"] + min(step * per_batch, p["images"])
+        self.progress.update(self.task, completed=done, description=f"{phase} epoch {epoch}/{p['epochs']}")
+
+    def forward(self, task: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if self._forward != task or self.task is None:
+            self._forward, self._phase = task, None
+            self._bar(total, "images")
+        self.progress.update(self.task, completed=min(done, total), description=task)
 
     def close(self) -> None:
         if self.progress is not None and self.task is not None:
@@ -73,10 +111,22 @@ class _ConsoleReporter:
     def epoch(self, phase: str, epoch: int, epochs: int, logs: dict, seconds: float) -> None:
         if self.quiet:
             return
-        if self.task is not None:
+        p = self._phase if self._phase and self._phase["name"] == phase else None
+        if self.task is not None and p is None and self._forward is None:
             self.progress.reset(self.task)
         parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
-        self.console.print(f"[bold]{phase}[/] epoch {epoch}/{epochs}  " + "  ".join(parts) + f"  ({seconds:.1f} s)")
+        timing = f"{seconds:.1f} s"
+        if p is not None and seconds > 0:
+            timing += f", {p['images'] / seconds:,.1f} images/s"
+        self.console.print(f"[bold]{phase}[/] epoch {epoch}/{epochs}  " + "  ".join(parts) + f"  ({timing})")
+
+
+class _RateColumn(ProgressColumn):
+    """Images (or batches) per second, from rich's speed estimate over the last seconds."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:,.1f}/s")
 
 
 def _phase_table(result) -> Table:
@@ -169,9 +219,17 @@ def run(args) -> int:
         size = m["model_input"]["size"]
         console.print(f"model.keras takes raw 0..255 pixels, {m['model_input']['channels']} channel(s); "
                       f"resize images to {size[0]}x{size[1]} (the training size) before predicting")
+    from surgery.memory import describe_memory
+    from surgery.run_time import describe_time
+
+    if m.get("time"):
+        console.print(describe_time(m["time"]))
+    mem = describe_memory(m.get("memory"))
+    if mem:
+        console.print("memory: " + "; ".join(f"{k} {v}" for k, v in mem.items()))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"Run directory: [bold]{result.run_dir}[/] (model.keras, metrics.json, history.csv, "
-                  "curves.png, confusion.png, plan.png, report.html)")
+                  "curves.png, confusion.png, plan.png, report.html, run.log)")
     sys.stdout.flush()
     return 0

@@ -3,15 +3,15 @@ outputs. Also the streamed `predict` that evaluation uses."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from graft.atomic import write_bytes
 from graft.errors import DatasetError
+from surgery.feature_store import cached, in_memory, store_batches
 from surgery.pipeline import indexed_image_batches
+from surgery.progress import forward
 
 PREDICT_BATCH = 64
 
@@ -31,15 +31,29 @@ def flip_views(augment: dict) -> dict:
 
 
 def predict(model: keras.Model, files: list[str], labels: list[int], spec, distributed: bool = False,
-            transform=None):
+            transform=None, reporter=None, task: str = "predict"):
     """Outputs of `model` for the decodable files, and their labels, streamed in batches
-    (`transform`: a batch -> batch function applied to the images first, e.g. a flip).
+    (`transform`: a batch -> batch function applied to the images first, e.g. a flip; `reporter`:
+    a `surgery.progress.Reporter` told the images done, as `task`).
 
     Every batch has the same shape (the last one padded), so the compiled predict function is traced
-    once; under a distribution strategy, `predict` splits each batch across the replicas.
+    once; under a distribution strategy, `predict` splits each batch across the replicas. Only the
+    outputs are kept (float32, one row per image), never the images.
     """
-    outs, ys = [], []
+    got = store_batches(predict_batches(model, files, labels, spec, distributed, transform, reporter, task),
+                        len(files), None, on_disk=False)
+    if got is None:
+        raise DatasetError("none of the images could be decoded; check the data set with `python cli.py advise`")
+    return got
+
+
+def predict_batches(model: keras.Model, files: list[str], labels: list[int], spec, distributed: bool = False,
+                    transform=None, reporter=None, task: str = "predict"):
+    """`predict`'s batches as they come: (float32 outputs, int labels) of up to PREDICT_BATCH images."""
     labels_arr = np.asarray(labels)
+    done, total = 0, len(files)
+    if reporter is not None:
+        forward(reporter, task, 0, total)
     for idx, images in indexed_image_batches(files, spec, batch_size=PREDICT_BATCH):
         n = len(images)
         if transform is not None:
@@ -48,37 +62,70 @@ def predict(model: keras.Model, files: list[str], labels: list[int], spec, distr
             images = np.concatenate([images, np.zeros((PREDICT_BATCH - n, *images.shape[1:]), images.dtype)])
         out = (model.predict(images, batch_size=PREDICT_BATCH, verbose=0) if distributed
                else model.predict_on_batch(images))
-        outs.append(np.asarray(out, dtype="float32")[:n])
-        ys.append(labels_arr[idx])
-    if not outs:
-        raise DatasetError("none of the images could be decoded; check the data set with `python cli.py advise`")
-    return np.concatenate(outs), np.concatenate(ys).astype("int32")
+        yield np.asarray(out, dtype="float32")[:n], labels_arr[idx]
+        done = int(idx[-1]) + 1 if len(idx) else done
+        if reporter is not None:
+            forward(reporter, task, done, total)
 
 
 def features(feat_model: keras.Model, files: list[str], labels: list[int], spec,
-              cache: Path | None, transform=None) -> tuple[np.ndarray, np.ndarray]:
+             cache: Path | None, transform=None, on_disk: bool = False, reporter=None):
     """Backbone features (through the head's weightless pooling layer) of the files, once
-    (of their transformed images with `transform`; cache under its own name then)."""
-    if cache is not None and cache.exists():
-        with np.load(cache) as z:
-            return z["x"], z["y"]
-    x, y = predict(feat_model, files, labels, spec, transform=transform)
-    if cache is not None:
-        buf = io.BytesIO()
-        np.savez(buf, x=x, y=y)
-        write_bytes(cache, buf.getvalue())
-    return x, y
+    (of their transformed images with `transform`; cache under its own name then).
+
+    In memory and cached as `cache` (`.npz`), or with `on_disk` (the phase's features exceed
+    `surgery.feature_store.feature_budget()`) written batch by batch beside it as `.x.npy` and
+    returned memory-mapped (`np.memmap`, read-only). The rows are the same either way.
+    """
+    got = cached(cache)
+    if got is not None:
+        return got
+    task = f"features {cache.name.removesuffix('.npz')}" if cache is not None else "features"
+    got = store_batches(predict_batches(feat_model, files, labels, spec, transform=transform, reporter=reporter,
+                                        task=task), len(files), cache, on_disk)
+    if got is None:
+        raise DatasetError("none of the images could be decoded; check the data set with `python cli.py advise`")
+    return got
 
 
 def feature_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int, phase: int, start: int, end: int):
     """Batches of features for epochs start..end-1, each epoch in its own seeded order (a tf.data
-    stream that `fit` reads across epochs with `steps_per_epoch`)."""
+    stream that `fit` reads across epochs with `steps_per_epoch`). Features on disk (memory-mapped,
+    or a `RowStack` of them) are read batch by batch, in the same order, never all at once."""
     import tensorflow as tf
 
-    features, labels = tf.constant(x), tf.constant(y)
     orders = np.stack([np.random.default_rng([seed, phase, e]).permutation(len(y)) for e in range(start, end)])
+    if not in_memory(x):
+        y = np.asarray(y)
+
+        def rows():
+            for order in orders:
+                for k in range(0, len(order), batch):
+                    idx = order[k: k + batch]
+                    yield np.asarray(x[idx], dtype="float32"), y[idx]
+
+        spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.as_dtype(y.dtype)))
+        return tf.data.Dataset.from_generator(rows, output_signature=spec).prefetch(2)
+    features, labels = tf.constant(x), tf.constant(y)
     ds = tf.data.Dataset.from_tensor_slices(orders).flat_map(lambda o: tf.data.Dataset.from_tensor_slices(o).batch(batch))
     return ds.map(lambda idx: (tf.gather(features, idx), tf.gather(labels, idx))).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_batches(val: tuple | None, batch: int):
+    """`fit`'s validation data from features: the (x, y) pair itself when in memory, else batches
+    read from disk in order (Keras would otherwise copy the whole array into one tensor)."""
+    if val is None or in_memory(val[0]):
+        return val
+    import tensorflow as tf
+
+    x, y = val[0], np.asarray(val[1])
+
+    def rows():
+        for k in range(0, len(y), batch):
+            yield np.asarray(x[k: k + batch], dtype="float32"), y[k: k + batch]
+
+    spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.as_dtype(y.dtype)))
+    return tf.data.Dataset.from_generator(rows, output_signature=spec).prefetch(2)
 
 
 def _frozen_head_start(model: keras.Model, head: list[str]) -> int:
@@ -119,4 +166,4 @@ def linear_dense(model: keras.Model, head: list[str]):
 
 
 __all__ = ["FLIP_VIEWS", "PREDICT_BATCH", "feature_batches", "feature_model", "features", "flip_views", "head_model",
-           "linear_dense", "predict"]
+           "linear_dense", "predict", "predict_batches", "validation_batches"]

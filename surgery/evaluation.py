@@ -8,7 +8,8 @@ from surgery.metrics import classification_metrics
 from surgery.probe import wilson_interval
 
 
-def evaluate_run(plan, model, data, state: dict, notes: list[str], distributed: bool = False) -> dict:
+def evaluate_run(plan, model, data, state: dict, notes: list[str], distributed: bool = False,
+                 reporter=None) -> dict:
     """`metrics.json`'s content: the metrics on the held-out split `data` has, the estimate of the
     accuracy on new images, and the input the model expects. Appends a note when only the
     training images were left to measure on."""
@@ -16,7 +17,8 @@ def evaluate_run(plan, model, data, state: dict, notes: list[str], distributed: 
     if not files:
         eval_name, (files, labels) = "train", data.train
         notes.append("no validation or test images: metrics are on the training set")
-    metrics = _evaluate(model, files, labels, data, distributed=distributed)
+    metrics = _evaluate(model, files, labels, data, distributed=distributed, reporter=reporter,
+                        task=f"evaluate ({eval_name} images)")
     metrics["split"] = eval_name
     metrics["estimate"] = _estimate(metrics, eval_name, state, plan)
     if state.get("guard"):
@@ -59,8 +61,10 @@ def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
     return out
 
 
-def _evaluate(model, files, labels, data, distributed: bool = False) -> dict:
-    prob, y = predict(model, files, labels, data.spec, distributed)
+def _evaluate(model, files, labels, data, distributed: bool = False, reporter=None, task: str = "evaluate") -> dict:
+    """Metrics from one streamed pass: the images are decoded batch by batch; only the (images x
+    classes) float32 probabilities are kept, which calibration-style metrics need."""
+    prob, y = predict(model, files, labels, data.spec, distributed, reporter=reporter, task=task)
     return classification_metrics(y, prob.argmax(axis=1), data.classes, y_prob=prob)
 
 

@@ -24,11 +24,13 @@ from surgery.bottleneck import (
     flip_views,
     head_model,
     linear_dense,
+    validation_batches,
 )
+from surgery.feature_store import feature_plan, stack_rows
 from surgery.pipeline import make_dataset
 from surgery.prepare import set_phase_trainable
 from surgery.probe import fit_linear_head
-from surgery.progress import BatchProgress
+from surgery.progress import BatchProgress, announce_phase
 from surgery.run_data import class_weights
 from surgery.train import (
     Checkpointer,
@@ -224,14 +226,17 @@ def _phase_inputs(plan, ph, prepared, data, run_dir, state, reporter, bottleneck
         fdir = run_dir / "features"
         fdir.mkdir(exist_ok=True)
         feat_model = feature_model(model, prepared.head)
-        xtr, ytr = features(feat_model, *data.train, data.spec, fdir / "train.npz")
+        rows = len(data.train[0]) * (1 + len(flip_views(data.spec.augment))) + len(data.val[0])
+        disk = state.setdefault("features", feature_plan(feat_model.output.shape[1:], rows))["on_disk"]
+        xtr, ytr = features(feat_model, *data.train, data.spec, fdir / "train.npz", on_disk=disk, reporter=reporter)
         # the kept flips: deterministic views of every training image, extra rows for the head
-        views = [features(feat_model, *data.train, data.spec, fdir / f"train_{name}.npz", transform=t)[0]
+        views = [features(feat_model, *data.train, data.spec, fdir / f"train_{name}.npz", transform=t, on_disk=disk,
+                          reporter=reporter)[0]
                  for name, t in flip_views(data.spec.augment).items()]
         views = [v for v in views if v.shape == xtr.shape]  # (a file that decodes once decodes always)
         val = None
         if data.val[0]:
-            xv, yv = features(feat_model, *data.val, data.spec, fdir / "val.npz")
+            xv, yv = features(feat_model, *data.val, data.spec, fdir / "val.npz", on_disk=disk, reporter=reporter)
             val = (xv, yv)
         timings = state.setdefault("timings", {})
         timings["features"] = timings.get("features", 0) + time.perf_counter() - t0
@@ -239,7 +244,7 @@ def _phase_inputs(plan, ph, prepared, data, run_dir, state, reporter, bottleneck
         train_model = model if convex else head_model(model, prepared.head, xtr.shape[1:])
         fit_args = {}
         if not convex and views:  # a gradient-trained head sees the views as more images
-            xtr, ytr = np.concatenate([xtr, *views]), np.tile(ytr, 1 + len(views))
+            xtr, ytr = stack_rows([xtr, *views]), np.tile(ytr, 1 + len(views))
             views = []
         n_images = len(ytr)
         return _Inputs(train_model, fit_args, n_images, xtr, ytr, val, views)
@@ -288,8 +293,9 @@ def _fit_gradient(plan, i, ph, prepared, inputs, run_dir, state, entry, reporter
         if bottleneck:  # batch order drawn per (seed, phase, epoch): the same after a resume
             args = {"x": feature_batches(xtr, ytr, plan.data.batch_size, plan.data.seed, i,
                                          entry["epochs_done"], end_epoch),
-                    "steps_per_epoch": steps_per_epoch, "validation_data": val}
+                    "steps_per_epoch": steps_per_epoch, "validation_data": validation_batches(val, plan.data.batch_size)}
         starting = entry["epochs_done"] == 0
+        announce_phase(reporter, ph.name, entry["epochs_done"], end_epoch, epochs, inputs.n_images, steps_per_epoch)
         train_model.fit(**args, epochs=end_epoch, initial_epoch=entry["epochs_done"],
                         callbacks=[ckpt, progress], class_weight=cw, verbose=0)
         if starting and progress.first_loss is not None:

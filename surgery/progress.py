@@ -18,6 +18,28 @@ class Reporter:
     def batch(self, phase: str, epoch: int, step: int, steps: int) -> None:
         """Called after every training batch (step counts from 1)."""
 
+    def phase(self, phase: str, start: int, end: int, epochs: int, images: int, steps: int) -> None:
+        """Called before a phase's gradient steps: epochs `start + 1 .. end` of its `epochs` are
+        about to run, each over `images` images in `steps` batches (for images/s and an ETA)."""
+
+    def forward(self, task: str, done: int, total: int) -> None:
+        """Called during a forward pass over images (bottleneck features, evaluation): `done` of
+        `total` images."""
+
+
+def forward(reporter, task: str, done: int, total: int) -> None:
+    """`reporter.forward(...)`, for reporters written before it existed too."""
+    method = getattr(reporter, "forward", None)
+    if method is not None:
+        method(task, done, total)
+
+
+def announce_phase(reporter, phase: str, start: int, end: int, epochs: int, images: int, steps: int) -> None:
+    """`reporter.phase(...)`, for reporters written before it existed too."""
+    method = getattr(reporter, "phase", None)
+    if method is not None:
+        method(phase, start, end, epochs, images, steps)
+
 
 class BatchProgress(keras.callbacks.Callback):
     def __init__(self, reporter: Reporter, phase: str, steps: int):
@@ -34,4 +56,4 @@ class BatchProgress(keras.callbacks.Callback):
         self.reporter.batch(self.phase, self.current, batch + 1, self.steps)
 
 
-__all__ = ["BatchProgress", "Reporter"]
+__all__ = ["BatchProgress", "Reporter", "announce_phase", "forward"]

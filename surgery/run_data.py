@@ -25,6 +25,8 @@ class RunData:
     test: tuple[list[str], list[int]]
     spec: object
     notes: list[str]
+    cache_bytes: int = 0  # the decoded images (float32) of every split
+    cache_budget: int = 0  # CACHE_BUDGET when the decision was made
 
 
 def run_data(plan) -> RunData:
@@ -53,7 +55,7 @@ def run_data(plan) -> RunData:
     spec = DataSpec(input_size=tuple(d.input_size), channels=d.channels, batch_size=d.batch_size,
                     validation_split=d.validation_split, test_split=d.test_split, seed=d.seed,
                     augment=_augment(d.augmentation), cache=cache)
-    return RunData(classes, splits.train, splits.val, splits.test, spec, notes)
+    return RunData(classes, splits.train, splits.val, splits.test, spec, notes, decoded, CACHE_BUDGET)
 
 
 def _augment(aug: dict) -> dict:

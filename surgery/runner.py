@@ -35,12 +35,15 @@ from surgery import distribute, guard, refit
 from surgery import run_dir as rundir
 from surgery.evaluation import evaluate_run
 from surgery.fallback import initial_model, scratch_trial
+from surgery.memory import describe_memory, memory_record
 from surgery.phase import PhaseReport, dry_run_phases, train_phase
 from surgery.plan_drawing import draw_into_run
 from surgery.prepare import Prepared, prepare_model, to_mixed_precision, trainable_region
 from surgery.progress import Reporter
 from surgery.report import write_run_outputs
 from surgery.run_data import RunData, run_data
+from surgery.run_log import RunLog
+from surgery.run_time import describe_time, expected_line, time_record
 
 # Streamed data sets skip undecodable files, so their length is unknown until an epoch ends; Keras
 # then warns that the input "ran out of data" at the end of every epoch. That is expected here.
@@ -145,6 +148,8 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     with hold_lock(run_dir, "`graft apply`"), rundir.explain_write_errors(run_dir, len(plan.training.phases)):
         state = rundir.begin(run_dir, plan, resume)
         result.resumed = state is not None
+        reporter = RunLog(run_dir / "run.log", reporter)  # the same progress, as lines in the run directory
+        reporter.message(expected_line(plan) or "expected time: none (the plan holds no estimate from advise)")
         state = state if state is not None else rundir.new_state(run_dir, plan)
         if state.get("finished"):
             reporter.message(f"{run_dir} already finished; nothing to resume")
@@ -166,12 +171,14 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
         if refit.applies(plan, data):  # the held-out images join the head, scored before they do
             t1 = time.perf_counter()
             if not data.test[0]:
-                metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=_mirrored(plan))
+                metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=_mirrored(plan),
+                                       reporter=reporter)
             refit.refit_head(plan, prepared, data, state, notes)
             state.setdefault("timings", {})["refit_head"] = time.perf_counter() - t1
         timings.update(state.get("timings", {}))
         _finish(plan, prepared, data, run_dir, state, result, timings, notes, t0,
-                distributed=_mirrored(plan), safe_mode=safe_mode, runner_up=runner_up, metrics=metrics)
+                distributed=_mirrored(plan), safe_mode=safe_mode, runner_up=runner_up, metrics=metrics,
+                reporter=reporter)
         return result
 
 
@@ -209,15 +216,17 @@ def _train_phases(plan, prepared: Prepared, data: RunData, run_dir: Path, state:
 
 def _finish(plan, prepared: Prepared, data: RunData, run_dir: Path, state: dict, result: RunResult,
             timings: dict, notes: list[str], t0: float, *, distributed: bool, safe_mode: bool | None,
-            runner_up: Plan | None, metrics: dict | None = None) -> None:
+            runner_up: Plan | None, metrics: dict | None = None, reporter: Reporter | None = None) -> None:
     """Evaluate on the test split (else validation; `metrics` when that was done before the head's
     refit), write every output file, commit the end."""
     t1 = time.perf_counter()
     if metrics is None:
-        metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=distributed)
+        metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=distributed, reporter=reporter)
     if state.get("refit"):
         metrics["refit"] = state["refit"]
     timings["evaluate"] = time.perf_counter() - t1
+    metrics["memory"] = memory_record(data, state)  # peak resident memory through evaluation
+    metrics["time"] = time_record(plan, time.perf_counter() - t0, result.resumed)
     if not distribute.writes_outputs():  # every process evaluates (a collective); process 0 writes
         result.run_dir, result.metrics, result.history = distribute.drop_worker_dir(run_dir), metrics, state["history"]
         result.phases, result.notes = [PhaseReport(**p) for p in state["phases"]], notes
@@ -235,9 +244,13 @@ def _finish(plan, prepared: Prepared, data: RunData, run_dir: Path, state: dict,
                              "mixed_precision": result.mixed_precision,
                              "jit_compile": result.jit_compile, "device": result.device,
                              "backend": keras.backend.backend(), "distribution": plan.training.distribution,
-                             "resumed": result.resumed, "notes": notes})
+                             "resumed": result.resumed, **describe_memory(metrics["memory"]),
+                             "time": describe_time(metrics["time"]).removeprefix("time: "), "notes": notes})
     timings["write"] = time.perf_counter() - t2
     rundir.finish(run_dir, state, timings)
+    if isinstance(reporter, RunLog):  # the log's last line; the CLI prints it in its summary
+        peak = metrics["memory"]["peak_rss_mib"]
+        reporter.write(f"finished: {describe_time(metrics['time'])}; peak memory {peak or 0:,.0f} MiB")
     result.model_path, result.metrics, result.history = model_path, metrics, state["history"]
     result.phases = [PhaseReport(**p) for p in state["phases"]]
     result.timings, result.fallback, result.notes = timings, state.get("fallback"), notes

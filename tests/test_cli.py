@@ -43,3 +43,21 @@ def test_quiet_reporter_prints_nothing():
     reporter.message("hello")
     reporter.close()
     assert buf.getvalue() == ""
+
+
+def test_progress_bar_counts_a_phase_in_images_with_their_rate_and_eta():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120, color_system=None)
+    reporter = _ConsoleReporter(quiet=False, console=console)
+    reporter.phase("finetune", 0, 2, 2, 100, 4)  # 2 epochs of 100 images in 4 batches
+    for epoch in (1, 2):
+        for step in range(1, 5):
+            reporter.batch("finetune", epoch, step, 4)
+        reporter.epoch("finetune", epoch, 2, {"loss": 0.5}, 2.0)
+    reporter.forward("evaluate (test images)", 0, 60)
+    reporter.forward("evaluate (test images)", 60, 60)
+    reporter.close()
+    out = buf.getvalue()
+    assert "finetune epoch 1/2  loss 0.5000  (2.0 s, 50.0 images/s)" in out
+    assert "/200 images" in out and "/s" in out and "ETA" in out  # the phase's images, rate, time left
+    assert "evaluate (test images)" in out and "/60 images" in out

@@ -318,7 +318,9 @@ def test_same_plan_and_seed_repeat_exactly(tmp_path):
     results = [run(make_plan(tmp_path / f"run{i}", phases, augmentation={"flip": "horizontal", "zoom": 0.1}))
                for i in range(2)]
     a, b = (trained_weights(r)["head_predictions"] for r in results)
-    assert same(a, b) and results[0].metrics == results[1].metrics
+    measured = ("memory", "time")  # this machine's peak memory and seconds, not the run's outcome
+    outcome = [{k: v for k, v in r.metrics.items() if k not in measured} for r in results]
+    assert same(a, b) and outcome[0] == outcome[1]
 
 
 @pytest.mark.backends
