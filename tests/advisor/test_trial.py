@@ -12,11 +12,13 @@ from graft.errors import InputError
 
 DATA = "examples/data/cifar_b"
 MODEL = "examples/models/cifar_a_cnn.keras"
+PROBE_CHOSEN = {"probe_enough": 0.3}
 
 
 @pytest.fixture(scope="module")
 def advice():
-    return advise(DATA, model=MODEL)
+    # a lowered probe_enough makes the rules choose the probe (fast to race); the race itself is real
+    return advise(DATA, model=MODEL, overrides=PROBE_CHOSEN)
 
 
 def test_verdict_switches_only_on_a_clear_win():
@@ -77,7 +79,7 @@ def test_trial_uses_only_the_training_split(tmp_path):
     root = tmp_path / "split"
     for part in ("train", "test"):
         shutil.copytree(DATA, root / part)
-    adv = advise(root, model=MODEL)
+    adv = advise(root, model=MODEL, overrides=PROBE_CHOSEN)
     trial = race(adv, budget_s=5, candidates=["linear_probe"], max_rounds=1)
     # held out from train/ only (a quarter of its images), never the test folder (half of all)
     assert 0 < trial.entries[0].total < adv.dataset.images / 2
