@@ -235,6 +235,7 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
     runner_expected = (expect(runner, runner_cost["base_forward_passes"], probe, forward_rate).to_dict()
                        if runner else {})
     reasons = [decision.reason] + [why for _, why in decision.modifier_rules]
+    reasons += _budget_reasons(phases, train_images, data.batch_size, bool(holdout))
     hint = _trial_hint(decision.strategy, runner, expected, runner_expected)
     if hint:
         reasons.append(hint)
@@ -276,6 +277,32 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
         data=data,
         outputs=OutputPlan(dir=out_dir or f"runs/{name}-{decision.strategy}"),
     )
+
+
+def _budget_reasons(phases, train_images: int, batch_size: int, held_out: bool) -> list[str]:
+    """One sentence per phase that trains the backbone: its budget on this data, and why."""
+    import math
+
+    from surgery.phase import BACKBONE_CLIPNORM, phase_epochs
+
+    out = []
+    steps_per_epoch = max(1, math.ceil(train_images / batch_size))
+    for ph in phases:
+        if ph.trainable == "head":
+            continue
+        epochs = phase_epochs(ph, train_images, batch_size)
+        floor = (f", raised from {ph.epochs} to reach the floor of {ph.min_steps} optimizer steps (a budget in "
+                 "bare epochs gives a handful of steps on small data)" if epochs > ph.epochs else "")
+        stop = (f"; it keeps its best epoch on the held-out images and stops after {ph.early_stopping_patience} "
+                "without improvement" if held_out and ph.early_stopping_patience else "")
+        sched = ("a linear warm-up over the first tenth of the steps, then a cosine decay to 0"
+                 if ph.schedule == "cosine" else "a constant rate")
+        out.append(f"Budget of phase {ph.name} ({ph.trainable}): {epochs} epochs x {steps_per_epoch} steps of "
+                   f"{batch_size} images = {epochs * steps_per_epoch} steps on {train_images} training images"
+                   f"{floor}; {ph.optimizer} at {ph.learning_rate:g} with {sched}, the global gradient norm clipped "
+                   f"at {BACKBONE_CLIPNORM:g} (the first steps after the head hand-off move pretrained weights by a "
+                   f"bounded amount){stop}.")
+    return out
 
 
 def _trial_hint(strategy: str, runner: str | None, expected: dict, runner_expected: dict) -> str | None:

@@ -44,8 +44,12 @@ def test_plan_for_builds_the_other_strategy_from_the_same_measurement(advice):
     # a fine-tuning plan holds out a fifth of the images for its guard, then refits the head on all
     assert other.data.validation_split == 0.2 and other.training.refit_head is True
     assert any("held out to judge fine-tuning" in r and "(60)" in r for r in other.decision.reasons)
+    # the fine-tuning budget on this data is stated: 10 epochs x 8 steps on the 240 training images
+    assert any(r.startswith("Budget of phase finetune (top_third): 10 epochs x 8 steps of 32 images = 80 steps on "
+                            "240 training images") for r in other.decision.reasons)
     probe = plan_for(advice, "linear_probe")
     assert probe.data.validation_split == 0.0 and probe.training.refit_head is False
+    assert not any(r.startswith("Budget") for r in probe.decision.reasons)
 
 
 def test_a_real_race_scores_every_candidate_on_the_same_held_out_images(advice, tmp_path):
