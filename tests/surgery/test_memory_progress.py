@@ -75,10 +75,17 @@ def test_feature_plan_compares_the_phase_features_with_the_budget(monkeypatch):
     assert feature_plan((1280,), 50_000) == {"on_disk": False, "rows": 50_000, "mib": 244.1, "budget_mib": 512.0}
 
 
-def test_metrics_record_peak_memory_and_time_against_the_expectation(tmp_path):
-    plan = make_plan(tmp_path / "run", [Phase(name="finetune", trainable="all", epochs=2, learning_rate=1e-3)])
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """One fine-tuning run of 3 epochs whose plan expects 10 s (shared by the tests below)."""
+    plan = make_plan(tmp_path_factory.mktemp("progress") / "run",
+                     [Phase(name="finetune", trainable="all", epochs=3, learning_rate=1e-3)])
     plan.decision = DecisionRecord(strategy="finetune_all", expected={"seconds": 10.0})
-    result = run(plan)
+    return run(plan)
+
+
+def test_metrics_record_peak_memory_and_time_against_the_expectation(finetuned):
+    result = finetuned
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     mem = metrics["memory"]
     assert mem["peak_rss_mib"] > 100  # a Python process with Keras loaded
@@ -93,10 +100,15 @@ def test_metrics_record_peak_memory_and_time_against_the_expectation(tmp_path):
     assert re.search(r"finished: time: .* measured, ~10.0 s expected \(\d+\.\d\dx\)", log)
 
 
-def test_run_log_has_a_line_per_epoch_with_images_per_second_and_eta(tmp_path):
-    result = run(make_plan(tmp_path / "run", [Phase(name="finetune", trainable="all", epochs=3, learning_rate=1e-3)]))
+def test_a_plan_without_an_estimate_logs_none(tmp_path):
+    plan = make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=1, learning_rate=1e-3)])
+    result = run(plan)  # a hand-written plan: no expected time
+    assert any("expected time: none" in line for line in (result.run_dir / "run.log").read_text().splitlines())
+
+
+def test_run_log_has_a_line_per_epoch_with_images_per_second_and_eta(finetuned):
+    result = finetuned
     lines = (result.run_dir / "run.log").read_text().splitlines()
-    assert any("expected time: none" in line for line in lines)  # a hand-written plan has no estimate
     images = result.splits["train"]
     assert any(f"phase finetune: epochs 1-3 of 3, {images} images per epoch" in line for line in lines)
     epochs = [line for line in lines if re.search(r"finetune epoch \d/3 ", line)]
