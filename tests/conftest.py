@@ -48,3 +48,22 @@ def shared_dir() -> Path:
     if not SHARED.exists():
         pytest.skip(f"{SHARED} is absent (the shared data/models folder beside the project)")
     return SHARED
+
+
+def cli_in_process(*args: str, cwd=None):
+    """`python cli.py ARGS` run in this process through `cli.main`, in `cwd`, with stdout and stderr
+    captured: a `subprocess.CompletedProcess` like a child's, without paying TensorFlow's import
+    again. Tests that are about the process itself (a hang, a signal) use a child instead."""
+    import contextlib
+    import io
+    import subprocess
+
+    import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import cli_in_process
 
 from graft.errors import InputError, PlanError
 from graft.plan import (
@@ -241,7 +242,7 @@ def test_cli_apply_bad_inputs_exit_2_with_one_line(tmp_path):
                          ([str(wrong_classes)], "has 5 classes"),
                          ([str(bad_layer)], "No layer named 'block9_pool'"),
                          ([str(good), "--out", str(tmp_path / "a_file")], "is a file")):
-        proc = _cli("apply", *args, cwd=tmp_path)
+        proc = (_cli if needle == "no such plan file" else cli_in_process)("apply", *args, cwd=tmp_path)  # one child
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("graft: error:") and needle in lines[0], proc.stderr
@@ -252,7 +253,7 @@ def test_cli_apply_bad_inputs_exit_2_with_one_line(tmp_path):
 def test_cli_dry_run_prints_plan_and_model(tmp_path):
     plan_file = save_plan(make_plan(tmp_path / "run", [Phase(name="head", trainable="head", epochs=1)]),
                           tmp_path / "plan.yaml")
-    proc = _cli("apply", str(plan_file), "--dry-run", cwd=tmp_path)
+    proc = cli_in_process("apply", str(plan_file), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "plan_version: 1" in proc.stdout and "head_predictions" in proc.stdout and "Dry run" in proc.stdout
     assert not (tmp_path / "run").exists()
