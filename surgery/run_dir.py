@@ -26,6 +26,9 @@ from graft.lock import LOCK_NAME
 from graft.plan import save_plan
 from surgery.train import read_state
 
+#: The run's progress log (surgery/run_log.py), appended from the start of a run.
+LOG_NAME = "run.log"
+
 
 def plan_hash(plan) -> str:
     """Hash of what decides the training (not outputs, provenance or the human-facing parts)."""
@@ -107,7 +110,9 @@ def existing_run(run_dir: Path, plan_sha: str, resume: bool) -> dict | None:
     if not run_dir.is_dir():
         return None
     state = read_state(run_dir)
-    if state is None and any(p.name != LOCK_NAME and not is_temporary(p.name) for p in run_dir.iterdir()):
+    # the lock and the log of a start that never committed (a full disk before the first state) are ours
+    if state is None and any(p.name not in (LOCK_NAME, LOG_NAME) and not is_temporary(p.name)
+                             for p in run_dir.iterdir()):
         raise InputError(f"run directory {run_dir} is not empty and holds no graft run; choose another "
                          "with --out DIR (nothing was overwritten)")
     if state is not None and not resume:

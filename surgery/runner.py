@@ -148,7 +148,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
     with hold_lock(run_dir, "`graft apply`"), rundir.explain_write_errors(run_dir, len(plan.training.phases)):
         state = rundir.begin(run_dir, plan, resume)
         result.resumed = state is not None
-        reporter = RunLog(run_dir / "run.log", reporter)  # the same progress, as lines in the run directory
+        reporter = RunLog(run_dir / rundir.LOG_NAME, reporter)  # the same progress, as lines in the run directory
         reporter.message(expected_line(plan) or "expected time: none (the plan holds no estimate from advise)")
         state = state if state is not None else rundir.new_state(run_dir, plan)
         if state.get("finished"):

@@ -171,6 +171,9 @@ def assert_every_file_parses(run_dir: Path) -> None:
         elif path.suffix == ".npz":
             with np.load(path):
                 pass
+        elif path.name == "run.log":  # whole, timestamped lines (appended one write each)
+            text = path.read_text()
+            assert text.endswith("\n") and all(line[:4].isdigit() for line in text.splitlines()), path
         else:
             pytest.fail(f"unexpected file in the run directory: {path}")
 
@@ -302,7 +305,8 @@ def test_full_disk_before_the_first_commit_leaves_a_directory_a_new_run_can_use(
     _no_space_at(monkeypatch, "state.json", "write")
     with pytest.raises(WriteError, match="Nothing was trained yet; free space on the disk"):
         run(plan)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]  # no plan.yaml without state
+    # no plan.yaml without state: only the lock and the log of the failed start are left
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {LOCK_NAME, "run.log"}
     monkeypatch.undo()
     result = run(plan)  # no --resume needed, no "not empty" refusal
     assert result.model_path.exists() and len(result.history) == 1
