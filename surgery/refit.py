@@ -16,8 +16,6 @@ The accuracy estimate is measured before the refit, on the validation images, so
 
 from __future__ import annotations
 
-import numpy as np
-
 from surgery.bottleneck import feature_model, features, flip_views, linear_dense
 from surgery.probe import fit_linear_head
 
@@ -58,7 +56,7 @@ def refit_head(plan, prepared, data, state: dict, notes: list[str]) -> dict | No
 
 
 def _fmt(v) -> str:
-    return "n/a" if v is None else f"{float(np.round(v, 3)):.3f}"
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 __all__ = ["applies", "refit_head"]
