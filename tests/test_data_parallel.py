@@ -120,7 +120,10 @@ def test_two_processes_train_one_plan_and_process_0_writes_it(tmp_path):
     one, p0, p1 = (_result(name, runs[name]) for name in ("one process", "process 0", "process 1"))
 
     # one model, trained together: both processes evaluate the same weights and report the same run
-    assert p0["metrics"] == p1["metrics"] and p0["epochs"] == p1["epochs"] == 4
+    # (each process measures its own clock and memory; everything the model decides must agree)
+    per_process = ("time", "memory")
+    m0, m1 = ({k: v for k, v in p["metrics"].items() if k not in per_process} for p in (p0, p1))
+    assert m0 == m1 and p0["epochs"] == p1["epochs"] == 4
     assert p0["run_dir"] == p1["run_dir"] == str(tmp_path / "two")
     # saved once: process 0 wrote the run directory; process 1's checkpoint folder is gone
     assert (tmp_path / "two" / "model.keras").is_file() and (tmp_path / "two" / "metrics.json").is_file()
