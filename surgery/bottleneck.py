@@ -3,6 +3,7 @@ outputs. Also the streamed `predict` that evaluation uses."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import keras
@@ -139,10 +140,22 @@ def _frozen_head_start(model: keras.Model, head: list[str]) -> int:
     return k
 
 
+#: model -> {head: its feature model}; weak, so a model that is gone takes its entry with it
+_FEATURE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def feature_model(model: keras.Model, head: list[str]) -> keras.Model:
-    k = _frozen_head_start(model, head)
-    out = model.get_layer(head[k - 1]).output if k else model.get_layer(head[0]).input
-    return keras.Model(model.inputs, out, name="bottleneck_features")
+    """The model up to the head's first weighted layer (its weightless pooling included). The same
+    object for the same model and head, so its traced predict function is reused: the head phase
+    and the refit both take features, and each new model costs a trace (seconds on CPU). Its layers
+    are the model's, so it always computes with the current weights."""
+    per_model = _FEATURE_MODELS.setdefault(model, {})
+    key = tuple(head)
+    if key not in per_model:
+        k = _frozen_head_start(model, head)
+        out = model.get_layer(head[k - 1]).output if k else model.get_layer(head[0]).input
+        per_model[key] = keras.Model(model.inputs, out, name="bottleneck_features")
+    return per_model[key]
 
 
 def head_model(model: keras.Model, head: list[str], feature_shape: tuple) -> keras.Model:

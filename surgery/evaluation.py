@@ -49,7 +49,7 @@ def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
                                                              or head_only):
         m = int(probe["images"])
         cv = float(probe["cv_accuracy"])
-        return {"method": f"{probe['cv_folds']}-fold cross-validation of the head", "accuracy": cv, "images": m,
+        return {"method": _cv_method(probe), "accuracy": cv, "images": m,
                 "interval95": list(wilson_interval(round(cv * m), m))}
     out = {"method": "none", "accuracy": None, "images": 0, "interval95": None,
            "note": "every labelled image was used for training, and the backbone was fine-tuned: accuracy on "
@@ -59,6 +59,12 @@ def _estimate(metrics: dict, split: str, state: dict, plan) -> dict:
         out["note"] += (f" (before fine-tuning, the head alone reached {probe['cv_accuracy']:.3f} in "
                         f"{probe['cv_folds']}-fold cross-validation)")
     return out
+
+
+def _cv_method(probe: dict) -> str:
+    repeats = int(probe.get("cv_repeats") or 1)
+    shuffles = f", averaged over {repeats} fold assignments" if repeats > 1 else ""
+    return f"{probe['cv_folds']}-fold cross-validation of the head{shuffles}"
 
 
 def _evaluate(model, files, labels, data, distributed: bool = False, reporter=None, task: str = "evaluate") -> dict:

@@ -147,7 +147,7 @@ def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, r
     state["history"].append({"phase": ph.name, "epoch": len(state["history"]) + 1, "phase_epoch": 1,
                              "seconds": round(seconds, 3), **logs})
     state["probe"] = {"phase": i, "C": fit.C, "cv_accuracy": fit.cv_accuracy, "cv_folds": fit.cv_folds,
-                      "images": fit.images, "notes": fit.notes, "temperature": fit.temperature,
+                      "cv_repeats": fit.cv_repeats, "images": fit.images, "notes": fit.notes, "temperature": fit.temperature,
                       "views": fit.views, "views_offered": len(views)}
     entry["epochs_done"] = 1
     reporter.epoch(ph.name, 1, 1, logs, seconds)

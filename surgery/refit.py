@@ -16,7 +16,12 @@ The accuracy estimate is measured before the refit, on the validation images, so
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from surgery.bottleneck import feature_model, features, flip_views, linear_dense
+from surgery.feature_store import cached
 from surgery.probe import fit_linear_head
 
 
@@ -25,7 +30,7 @@ def applies(plan, data) -> bool:
     return bool(plan.training.refit_head) and bool(data.val[0])
 
 
-def refit_head(plan, prepared, data, state: dict, notes: list[str]) -> dict | None:
+def refit_head(plan, prepared, data, state: dict, notes: list[str], run_dir: Path | None = None) -> dict | None:
     """Refit the head's Dense layer on the training and validation images; what was done (also in
     `state["refit"]`), or None when the head is not linear (a note says so)."""
     model = prepared.model
@@ -34,18 +39,26 @@ def refit_head(plan, prepared, data, state: dict, notes: list[str]) -> dict | No
         notes.append("refit_head: the head has hidden layers (not a convex problem); the head trained with the "
                      "backbone is kept, fitted on the training images only")
         return None
-    files = list(data.train[0]) + list(data.val[0])
-    labels = list(data.train[1]) + list(data.val[1])
     feat_model = feature_model(model, prepared.head)
-    x, y = features(feat_model, files, labels, data.spec, None)
-    views = [features(feat_model, files, labels, data.spec, None, transform=t)[0]
-             for t in flip_views(data.spec.augment).values()]
+    # The head phase's features (run_dir/features) are those of this backbone when the guard kept the
+    # head alone (the backbone is the frozen one they were computed on): only the held-out images'
+    # flips are new. After fine-tuning every image goes through the new backbone again.
+    fdir = run_dir / "features" if run_dir is not None and _backbone_unchanged(state) else None
+
+    def part(name: str, split: tuple, transform=None):
+        cache = fdir / f"{name}.npz" if fdir is not None and cached(fdir / f"{name}.npz") is not None else None
+        return features(feat_model, *split, data.spec, cache, transform=transform)
+
+    xs, ys = zip(part("train", data.train), part("val", data.val))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    views = [np.concatenate([part(f"train_{name}", data.train, t)[0], part(f"val_{name}", data.val, t)[0]])
+             for name, t in flip_views(data.spec.augment).items()]
     cw = "balanced" if plan.training.class_weights == "balanced" else None
     fit = fit_linear_head(x, y, classes=dense.units, seed=plan.data.seed, class_weight=cw,
                           views=[v for v in views if v.shape == x.shape])
     fit.assign_to(dense)
     done = {"images": int(len(y)), "train_images": len(data.train[0]), "val_images": len(data.val[0]),
-            "C": fit.C, "cv_accuracy": fit.cv_accuracy, "temperature": round(fit.temperature, 4),
+            "reused_features": fdir is not None, "C": fit.C, "cv_accuracy": fit.cv_accuracy, "temperature": round(fit.temperature, 4),
             "on": (state.get("guard") or {}).get("keep", "fine_tuned")}
     state["refit"] = done
     notes.append(f"refit_head: the head was fitted again on all {done['images']} labelled images "
@@ -53,6 +66,12 @@ def refit_head(plan, prepared, data, state: dict, notes: list[str]) -> dict | No
                  f"(C {fit.C:g}, cross-validated accuracy {_fmt(fit.cv_accuracy)}); the estimate above is from the "
                  "held-out images before this refit")
     return done
+
+
+def _backbone_unchanged(state: dict) -> bool:
+    """The final backbone is the one the convex head phase took its features on: the guard kept
+    the head-only weights."""
+    return (state.get("guard") or {}).get("keep") == "head_only" and bool(state.get("probe"))
 
 
 def _fmt(v) -> str:

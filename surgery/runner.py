@@ -173,7 +173,7 @@ def run(plan, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
             if not data.test[0]:
                 metrics = evaluate_run(plan, prepared.model, data, state, notes, distributed=_mirrored(plan),
                                        reporter=reporter)
-            refit.refit_head(plan, prepared, data, state, notes)
+            refit.refit_head(plan, prepared, data, state, notes, run_dir)
             state.setdefault("timings", {})["refit_head"] = time.perf_counter() - t1
         timings.update(state.get("timings", {}))
         _finish(plan, prepared, data, run_dir, state, result, timings, notes, t0,

@@ -121,3 +121,35 @@ def test_with_held_out_images_the_guard_compares_on_them_then_the_head_is_refit_
     prob, y = predict(saved, *data.val, data.spec)
     assert (prob.argmax(axis=1) == y).mean() >= est["accuracy"]
     assert "Head refit" in (result.run_dir / "report.html").read_text()
+
+
+def test_when_the_guard_keeps_the_head_alone_the_refit_reuses_its_features(tmp_path):
+    # fine-tuning at a learning rate of 1.0 wrecks the backbone: the guard keeps the head alone, whose
+    # backbone is the frozen one the head phase took its features on; the refit reuses them (the
+    # held-out images' flips are new) and ends where a refit on freshly computed features ends
+    import keras
+    import numpy as np
+
+    from surgery.bottleneck import FLIP_VIEWS, feature_model, features
+    from surgery.probe import fit_linear_head
+    from surgery.run_data import run_data
+
+    plan = lp_ft_plan(tmp_path / "run", 0.2)
+    plan.training.refit_head = True
+    plan.training.phases[1].learning_rate = 1.0
+    plan.training.phases[1].schedule = "constant"
+    result = run(plan)
+    assert result.metrics["guard"]["keep"] == "head_only", result.metrics["guard"]
+    assert result.metrics["refit"]["reused_features"] is True
+
+    saved = keras.models.load_model(result.model_path)
+    head = [layer.name for layer in saved.layers if layer.name.startswith("head_")]
+    data = run_data(plan)
+    feat = feature_model(saved, head)
+    files, labels = data.train[0] + data.val[0], data.train[1] + data.val[1]
+    x, y = features(feat, files, labels, data.spec, None)
+    flipped = features(feat, files, labels, data.spec, None, transform=FLIP_VIEWS["horizontal"]["hflip"])[0]
+    fresh = fit_linear_head(x, y, classes=5, seed=plan.data.seed, views=[flipped])
+    dense = saved.get_layer(head[-1])
+    np.testing.assert_allclose(np.asarray(dense.kernel), fresh.kernel, atol=1e-3)
+    assert result.metrics["refit"]["C"] == fresh.C

@@ -133,3 +133,22 @@ def test_views_are_kept_when_they_help_the_cross_validation_and_dropped_when_the
     assert dropped.views == 0 and any(n.startswith("views dropped") for n in dropped.notes)
     same = fit_linear_head(xtr[keep], ytr[keep], classes=10)
     np.testing.assert_allclose(dropped.kernel, same.kernel, atol=1e-4)
+
+
+def test_small_data_averages_the_cv_over_three_fold_assignments(digits, monkeypatch):
+    import surgery.probe as probe
+
+    xtr, ytr, _, _ = digits
+    keep = np.concatenate([np.flatnonzero(ytr == c)[:10] for c in range(10)])  # 10 images per class
+    x, y = xtr[keep], ytr[keep]
+    fit = fit_linear_head(x, y, classes=10, seed=3)
+    assert fit.cv_repeats == probe.CV_REPEATS == 3 and fit.cv_folds == 5
+    # the accuracy per C is the mean of the single-assignment accuracies at seeds 3, 4, 5
+    monkeypatch.setattr(probe, "REPEAT_MAX_IMAGES", 0)
+    singles = [fit_linear_head(x, y, classes=10, seed=s) for s in (3, 4, 5)]
+    assert all(s.cv_repeats == 1 for s in singles)
+    for c in C_GRID:
+        assert fit.scores[c] == pytest.approx(np.mean([s.scores[c] for s in singles]), abs=1e-9)
+    # above REPEAT_MAX_IMAGES one assignment: the single CV of seed 3, as before
+    monkeypatch.setattr(probe, "REPEAT_MAX_IMAGES", 99)
+    assert fit_linear_head(x, y, classes=10, seed=3).scores == singles[0].scores
