@@ -43,6 +43,7 @@ coverage line says how many of the grid's 132 that is, and which runs are partia
 
     python bench/advice.py --suite recipes                 # bench/results/recipes*.jsonl
     python bench/advice.py --suite recipes --network mobilenet_v1 --n 10 --json
+    python bench/advice.py --suite recipes --coverage      # the expected accuracy ranges, checked
 
 It trains nothing: everything comes from the result files.
 """
@@ -483,6 +484,109 @@ def load_recipe_groups(results: Path = RECIPES, measurements: Path = RECIPES_MEA
     return groups, strategies, coverage
 
 
+def expectation_rows(results: Path = RECIPES, measurements: Path = RECIPES_MEASUREMENTS) -> list[dict]:
+    """Every graft run of the recipes bench that has a measurement: network, task, n, seed, strategy,
+    test accuracy and the best-cut probe score advise measured on its training images (the last row of
+    each run counts)."""
+    last = {(r["network"], r["task"], r["n"], r["seed"], r["strategy"]): r for r in _rows(results)
+            if r.get("arm") == "graft"}
+    meas = {(m["network"], m["task"], m["n"], m["seed"]): m for m in _rows(measurements)}
+    out = []
+    for key, r in sorted(last.items()):
+        m = meas.get(key[:4])
+        probe = facts_from_measurement(m["embedding"])["best_cut_score"] if m and m.get("embedding") else None
+        if probe is not None:
+            out.append(dict(zip(("network", "task", "n", "seed", "strategy"), key), accuracy=r["accuracy"],
+                            probe=float(probe)))
+    return out
+
+
+def accuracy_ranges(rows: list[dict], rate: float = 0.8, conformal: bool = True) -> dict[str, tuple[float, float, int]]:
+    """Per strategy, the range of (test accuracy - probe score) that a new run falls in with
+    probability `rate`, and how many runs it is read from: the form of `advisor.expect.ACCURACY_VS_PROBE`.
+
+    `conformal`: the split-conformal range. With n residuals sorted, a new exchangeable one falls
+    between the i-th and j-th smallest with probability (j - i) / (n + 1), so the range runs from the
+    floor((n + 1)(1 - rate) / 2)-th to the ceil((n + 1)(1 + rate) / 2)-th (the extremes when n is too
+    small for that). Else the plain percentiles, which cover less than `rate` of new runs when n is
+    small (the in-sample spread understates the next run's)."""
+    resid: dict[str, list[float]] = {}
+    for r in rows:
+        resid.setdefault(r["strategy"], []).append(r["accuracy"] - r["probe"])
+    out = {}
+    for s, v in sorted(resid.items()):
+        v = np.sort(np.asarray(v, dtype=float))
+        n = len(v)
+        if conformal:
+            i = max(1, int(np.floor((n + 1) * (1 - rate) / 2)))
+            j = min(n, int(np.ceil((n + 1) * (1 + rate) / 2)))
+            lo, hi = v[i - 1], v[j - 1]
+        else:
+            lo, hi = np.percentile(v, 100 * (1 - rate) / 2), np.percentile(v, 100 * (1 + rate) / 2)
+        out[s] = (round(float(lo), 3), round(float(hi), 3), n)
+    return out
+
+
+def _covered(rows: list[dict], ranges: dict) -> dict:
+    """How many of `rows` land inside probe + their strategy's range (clipped to [0, 1]), below or above."""
+    out = {"runs": 0, "inside": 0, "below": 0, "above": 0}
+    for r in rows:
+        rng = ranges.get(r["strategy"])
+        if rng is None:
+            continue
+        lo, hi = max(0.0, r["probe"] + rng[0]), min(1.0, r["probe"] + rng[1])
+        out["runs"] += 1
+        side = "below" if r["accuracy"] < lo - 1e-9 else "above" if r["accuracy"] > hi + 1e-9 else "inside"
+        out[side] += 1
+    out["rate"] = round(out["inside"] / out["runs"], 3) if out["runs"] else None
+    return out
+
+
+def expectation_coverage(rows: list[dict], current: dict) -> dict:
+    """Do the printed expected accuracy ranges contain what the strategy then reached, at their
+    stated rate (80 %: the 10th-90th percentile)? Per network: the ranges advisor/expect.py prints now
+    (`current`); ranges fitted on both networks' runs (in-sample); fitted on the other network only
+    (leave-one-network-out); and fitted without the scored domain (leave-one-domain-out, both
+    networks' other domains)."""
+    networks = sorted({r["network"] for r in rows})
+    pooled = accuracy_ranges(rows)
+    out: dict = {"stated_rate": 0.8, "runs": len(rows), "pooled_ranges": pooled, "per_network": {}}
+    for net in networks:
+        mine = [r for r in rows if r["network"] == net]
+        others = [r for r in rows if r["network"] != net]
+        lodo = {"runs": 0, "inside": 0, "below": 0, "above": 0}
+        for task in sorted({r["task"] for r in mine}):
+            c = _covered([r for r in mine if r["task"] == task],
+                         accuracy_ranges([r for r in rows if r["task"] != task]))
+            for k in ("runs", "inside", "below", "above"):
+                lodo[k] += c[k]
+        lodo["rate"] = round(lodo["inside"] / lodo["runs"], 3) if lodo["runs"] else None
+        out["per_network"][net] = {
+            "current": _covered(mine, current),
+            "pooled_in_sample": _covered(mine, pooled),
+            "leave_one_network_out": _covered(mine, accuracy_ranges(others)) if others else None,
+            "leave_one_domain_out": lodo,
+        }
+    return out
+
+
+def coverage_markdown(rep: dict) -> str:
+    lines = [f"Expected accuracy ranges (probe score + the strategy's split-conformal 80 % range of offsets) against the "
+             f"test accuracy reached, {rep['runs']} graft runs; stated rate {rep['stated_rate']:.0%}.", "",
+             "| network | ranges fitted on | runs | inside | below | above | rate |", "|---|---|---|---|---|---|---|"]
+    names = {"current": "advisor/expect.py now", "pooled_in_sample": "both networks (in-sample)",
+             "leave_one_network_out": "the other network only", "leave_one_domain_out": "other domains (LODO)"}
+    for net, per in rep["per_network"].items():
+        for key, label in names.items():
+            c = per[key]
+            if c:
+                lines.append(f"| {net} | {label} | {c['runs']} | {c['inside']} | {c['below']} | {c['above']} | "
+                             f"{_f(c['rate'], '.0%')} |")
+    lines += ["", "Pooled offsets (both networks): " + ", ".join(
+        f"{s} {lo:+.3f}..{hi:+.3f} ({n} runs)" for s, (lo, hi, n) in rep["pooled_ranges"].items())]
+    return "\n".join(lines)
+
+
 def best_plain(last: dict, network: str, task: str, n: int, seeds: list[int]) -> dict | None:
     """The plain reference variant (of any strategy) with the best mean test accuracy over `seeds`
     (every seed must have it); None when there is none."""
@@ -714,6 +818,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--calibrate", action="store_true",
                         help="print the accuracy ranges and time fit advisor/expect.py uses")
+    parser.add_argument("--coverage", action="store_true",
+                        help="--suite recipes: how often the expected accuracy ranges contain the accuracy reached, "
+                             "per network, with the ranges fitted in-sample, leave-one-network-out and LODO")
     parser.add_argument("--forward-rate", type=float, default=None,
                         help="with --calibrate: the forward images/s advise measured on the bench machine")
     args = parser.parse_args(argv)
@@ -721,6 +828,17 @@ def main(argv=None) -> int:
     results = Path(args.results or (RECIPES if recipes else RESULTS))
     measurements = Path(args.measurements or (RECIPES_MEASUREMENTS if recipes else MEASUREMENTS))
     table = load_rules(args.rules)
+    if args.coverage:
+        from advisor.expect import ACCURACY_VS_PROBE
+
+        rows = expectation_rows(results, measurements) if recipes else []
+        if not rows:
+            print("advice: --coverage reads the recipes suite's runs (--suite recipes); none has a measurement yet",
+                  file=sys.stderr)
+            return 1
+        rep = expectation_coverage(rows, ACCURACY_VS_PROBE)
+        print(json.dumps(rep, indent=1) if args.json else coverage_markdown(rep))
+        return 0
     if args.calibrate:
         print(json.dumps(calibrate(table, results, measurements, args.forward_rate), indent=1))
         return 0

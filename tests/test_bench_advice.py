@@ -238,3 +238,33 @@ def test_the_recipes_grid_is_read_from_bench_recipes_without_importing_it():
     grid = bench_advice.recipes_grid()
     assert grid["networks"] == ("efficientnet_lite0", "mobilenet_v1") and len(grid["tasks"]) == 11
     assert grid["strategies"] == RECIPE_STRATEGIES
+
+
+def test_conformal_ranges_and_their_coverage_per_network(tmp_path):
+    # residual = accuracy - probe; one strategy, ten runs with offsets -0.09, -0.07, ..., +0.09
+    rows = [{"network": "net_a" if i % 2 else "net_b", "task": f"t{i}", "n": 10, "seed": 0, "strategy": "lp_ft",
+             "probe": 0.5, "accuracy": 0.5 + (2 * i - 9) / 100} for i in range(10)]
+    # n = 10 at 80 %: the floor(1.1)=1st to the ceil(9.9)=10th smallest, the extremes (a new run lands
+    # between them with probability 9/11); the plain 10th-90th percentiles are narrower
+    assert bench_advice.accuracy_ranges(rows) == {"lp_ft": (-0.09, 0.09, 10)}
+    lo, hi, _ = bench_advice.accuracy_ranges(rows, conformal=False)["lp_ft"]
+    assert -0.09 < lo < hi < 0.09
+    wide = rows + [dict(rows[0], task=f"u{i}", accuracy=0.5) for i in range(10)]  # 20 runs: 2nd to 19th
+    assert bench_advice.accuracy_ranges(wide)["lp_ft"] == (-0.07, 0.07, 20)
+    rep = bench_advice.expectation_coverage(rows, current={"lp_ft": (-0.05, 0.05, 1)})
+    a = rep["per_network"]["net_a"]  # net_a: offsets -0.07, -0.03, +0.01, +0.05, +0.09
+    assert a["current"] == {"runs": 5, "inside": 3, "below": 1, "above": 1, "rate": 0.6}
+    assert a["pooled_in_sample"]["rate"] == 1.0
+    # fitted on net_b alone (-0.09..+0.07): net_a's +0.09 is above
+    assert a["leave_one_network_out"] == {"runs": 5, "inside": 4, "below": 0, "above": 1, "rate": 0.8}
+    # each task left out in turn: the extremes are then outside
+    assert rep["per_network"]["net_b"]["leave_one_domain_out"]["below"] == 1
+    assert "| net_a | the other network only | 5 | 4 | 0 | 1 | 80% |" in bench_advice.coverage_markdown(rep)
+
+
+def test_coverage_reads_graft_runs_with_a_measurement(tmp_path):
+    results, meas = _write_recipes(tmp_path, no_measurement={("net_a", "photos", 0)})
+    rows = bench_advice.expectation_rows(results, meas)
+    assert len(rows) == 2 * 3 * 2 * 4 - 4 and {r["strategy"] for r in rows} == set(RECIPE_STRATEGIES)
+    photo = next(r for r in rows if r["network"] == "net_a" and r["task"] == "photos" and r["strategy"] == "lp_ft")
+    assert photo["seed"] == 1 and photo["probe"] == pytest.approx(0.7) and photo["accuracy"] == pytest.approx(0.79)
