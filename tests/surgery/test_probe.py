@@ -152,3 +152,24 @@ def test_small_data_averages_the_cv_over_three_fold_assignments(digits, monkeypa
     # above REPEAT_MAX_IMAGES one assignment: the single CV of seed 3, as before
     monkeypatch.setattr(probe, "REPEAT_MAX_IMAGES", 99)
     assert fit_linear_head(x, y, classes=10, seed=3).scores == singles[0].scores
+
+
+def test_large_data_cross_validates_on_a_stratified_sample_and_fits_on_every_image(digits, monkeypatch):
+    import surgery.probe as probe
+
+    xtr, ytr, xte, yte = digits
+    monkeypatch.setattr(probe, "CV_MAX_IMAGES", 200)
+    sub = fit_linear_head(xtr, ytr, classes=10, seed=0)
+    assert sub.images == 500 and sub.cv_folds == 5 and sub.cv_repeats == 3  # 200 images: repeated
+    assert any("stratified sample of 200 of the 500 images" in n for n in sub.notes), sub.notes
+    c_sample = max(sub.scores, key=lambda c: (sub.scores[c], -c))  # ties: the strongest L2
+    assert sub.C == pytest.approx(c_sample * 200 / 500)  # the same L2 strength per image on all 500
+    assert (_predict(sub, xte) == yte).mean() > 0.9
+    # the final fit is the fit of every image at that C (up to each fit's own temperature)
+    monkeypatch.setattr(probe, "CV_MAX_IMAGES", 5000)
+    full = fit_linear_head(xtr, ytr, classes=10, seed=0, grid=(sub.C,))
+    np.testing.assert_allclose(sub.kernel * sub.temperature, full.kernel * full.temperature, atol=2e-3)
+    # a class with a single image cannot be stratified: the sample is then drawn plainly
+    monkeypatch.setattr(probe, "CV_MAX_IMAGES", 200)
+    one = np.concatenate([np.flatnonzero(ytr != 9), np.flatnonzero(ytr == 9)[:1]])
+    assert fit_linear_head(xtr[one], ytr[one], classes=10).images == len(one)
