@@ -74,6 +74,7 @@ TASKS = ("cifar10", *DEVSUITE, *DEVSUITE2)
 GRAFT_STRATEGIES = ("linear_probe", "truncate_probe", "lp_ft_top", "lp_ft")
 #: graft strategy -> the reference strategy it is judged against
 REFERENCE_OF = {"linear_probe": "probe", "truncate_probe": "probe_cut", "lp_ft_top": "ft_top", "lp_ft": "ft_all",
+                "lp_ft_cut": "ft_all",
                 "finetune_all": "ft_all"}
 TEST_PER_CLASS = 40
 SIZE = 160
@@ -303,7 +304,7 @@ def graft_arm(network: str, strategy: str, split: Path, seed: int, cache: dict) 
     t0 = time.perf_counter()
     plan = plan_for(cache["advice"], strategy)  # the one measurement (similarity, cut, augmentation)
     cut = cache["advice"].facts.get("best_cut_layer")
-    if strategy == "truncate_probe" and cut:
+    if strategy in ("truncate_probe", "lp_ft_cut") and cut:
         plan.surgery.cut = cut
     plan.data.path = str(split)
     plan.data.seed = seed
@@ -446,7 +447,7 @@ def table(rows: list[dict]) -> str:
     for network in NETWORKS:
         for task in TASKS:
             for n in sorted({k[2] for k in last}):
-                for strategy in (*GRAFT_STRATEGIES, "finetune_all"):
+                for strategy in (*GRAFT_STRATEGIES, "lp_ft_cut", "finetune_all"):
                     seeds = sorted({k[3] for k in last if k[:3] == (network, task, n) and k[4] == "graft"
                                     and k[5] == strategy})
                     ref = REFERENCE_OF[strategy]
