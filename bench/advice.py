@@ -22,8 +22,8 @@ and scores its choices against what each strategy really reached:
     python bench/advice.py --json                          # machine-readable
 
 The recipes suite (`--suite recipes`) scores the same way bench/recipes.py's rows: eleven domains x
-two networks (efficientnet_lite0, mobilenet_v1), n in {10, 60}, seeds 0-2, graft's four strategies
-(linear_probe, truncate_probe, lp_ft_top, lp_ft) and the plain reference variants. Per network:
+two networks (efficientnet_lite0, mobilenet_v1), n in {10, 60}, seeds 0-2, graft's five strategies
+(linear_probe, truncate_probe, lp_ft_top, lp_ft, lp_ft_cut) and the plain reference variants. Per network:
 
 - per (task, n): the oracle (the best graft strategy, mean over the seeds that have every strategy and
   a measurement), the best plain reference variant of any strategy, the rules' choice per seed
@@ -404,7 +404,7 @@ def calibrate(table: RuleTable, results: Path, measurements: Path, forward_rate:
 
 # ------------------------------------------------------------------------------------ the recipes suite
 #
-# bench/recipes.py: eleven domains x two networks x n in {10, 60} x seeds 0-2, graft's four strategies
+# bench/recipes.py: eleven domains x two networks x n in {10, 60} x seeds 0-2, graft's five strategies
 # and the plain reference variants. Scored per network; LODO and leave-one-network-out re-fit every
 # tunable threshold without the domain (network) scored.
 

@@ -17,7 +17,7 @@ per task on the test images (so the reference is, if anything, optimistic), with
 - `probe` (vs graft's linear_probe; `probe_cut` at graft's measured cut vs truncate_probe): global
   average pooling + Dropout(0.2) + softmax Dense on frozen features, Adam(1e-3), batch 32;
   20 or 100 epochs; with or without horizontal flips (flipped copies of the training images).
-- `ft_top`, `ft_all` (vs lp_ft_top; lp_ft and finetune_all): the head warmed up as the 20-epoch probe
+- `ft_top`, `ft_all` (vs lp_ft_top; lp_ft, lp_ft_cut and finetune_all): the head warmed up as the 20-epoch probe
   above, then the top third of the base's layers (or all of them) trained with Adam at 1e-4 or 3e-5,
   batch 32, BatchNorm in inference mode (the base is called with `training=False`), with or without
   horizontal flips; scored after 8 and after 15 epochs of the same run (a constant learning rate, so
@@ -71,7 +71,7 @@ DEVSUITE = ("rsscn7_aerial", "pbc_bloodcells", "dtd_textures", "quickdraw_sketch
 DEVSUITE2 = ("eurosat_satellite", "gtsrb_signs", "chest_xray_pneumonia", "lc25000_lung_histopathology",
              "trashnet_waste")
 TASKS = ("cifar10", *DEVSUITE, *DEVSUITE2)
-GRAFT_STRATEGIES = ("linear_probe", "truncate_probe", "lp_ft_top", "lp_ft")
+GRAFT_STRATEGIES = ("linear_probe", "truncate_probe", "lp_ft_top", "lp_ft", "lp_ft_cut")
 #: graft strategy -> the reference strategy it is judged against
 REFERENCE_OF = {"linear_probe": "probe", "truncate_probe": "probe_cut", "lp_ft_top": "ft_top", "lp_ft": "ft_all",
                 "lp_ft_cut": "ft_all",
@@ -447,7 +447,7 @@ def table(rows: list[dict]) -> str:
     for network in NETWORKS:
         for task in TASKS:
             for n in sorted({k[2] for k in last}):
-                for strategy in (*GRAFT_STRATEGIES, "lp_ft_cut", "finetune_all"):
+                for strategy in (*GRAFT_STRATEGIES, "finetune_all"):
                     seeds = sorted({k[3] for k in last if k[:3] == (network, task, n) and k[4] == "graft"
                                     and k[5] == strategy})
                     ref = REFERENCE_OF[strategy]

@@ -237,7 +237,7 @@ def test_recipes_scores_only_complete_seeds_and_lists_the_rest(tmp_path, capsys,
 def test_the_recipes_grid_is_read_from_bench_recipes_without_importing_it():
     grid = bench_advice.recipes_grid()
     assert grid["networks"] == ("efficientnet_lite0", "mobilenet_v1") and len(grid["tasks"]) == 11
-    assert grid["strategies"] == RECIPE_STRATEGIES
+    assert grid["strategies"] == (*RECIPE_STRATEGIES, "lp_ft_cut")
 
 
 def test_conformal_ranges_and_their_coverage_per_network(tmp_path):

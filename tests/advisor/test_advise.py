@@ -232,7 +232,7 @@ def test_model_facts_reach_the_plan(measured):
     assert f["probe_sample"] > 0 and 0 <= f["probe_lower"] <= f["best_cut_score"]
     enough = f["probe_lower"] >= measured.rules.thresholds["probe_enough"].value
     assert (measured.decision.rule, measured.decision.strategy, measured.decision.case) == (
-        ("small_probe_enough", "truncate_probe", 0) if enough else ("small_thin_evidence", "lp_ft", 0))
+        ("small_probe_enough", "truncate_probe", 0) if enough else ("small_thin_evidence", "lp_ft_cut", 0))
     if plan.surgery.cut is not None:
         assert plan.surgery.cut == measured.facts["best_cut_layer"]
     assert load_plan(text=dump_plan(plan)) == plan

@@ -16,7 +16,7 @@ def test_expected_accuracy_is_the_probe_score_plus_the_bench_range_clipped_to_0_
     e = expect("lp_ft", 1000, 0.7, 100.0)
     assert e.accuracy == pytest.approx((0.7 + lo, 0.7 + hi))
     assert e.seconds == pytest.approx(FIXED_S + (OVERHEAD + PER_PASS * 1000) / 100.0)
-    assert f"{runs} EfficientNet-Lite0 bench runs" in e.basis and "100 images/s" in e.basis
+    assert f"{runs} bench runs on two networks (a split-conformal 80 % range)" in e.basis and "100 images/s" in e.basis
     top = expect("lp_ft", 1000, 0.99, 100.0).accuracy
     assert top[1] == 1.0 and top[0] < 1.0
     assert expect("lp_ft", 1000, 0.0, 100.0).accuracy[0] == 0.0

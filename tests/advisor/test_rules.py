@@ -67,8 +67,8 @@ def table():
 STRATEGY_CASES = {
     "too_few_per_class": ({"images_per_class_min": 3}, "linear_probe", 1, "lp_ft_top", ["small_similar"]),
     "small_probe_enough": ({"probe_lower": 0.93, "best_cut_score": 0.97, "probe_sample": 100}, "truncate_probe", 0,
-                           "lp_ft", ["small_similar"]),
-    "small_thin_evidence": ({"probe_lower": 0.71, "best_cut_score": 0.8, "probe_sample": 100}, "lp_ft", 0,
+                           "lp_ft_cut", ["small_similar"]),
+    "small_thin_evidence": ({"probe_lower": 0.71, "best_cut_score": 0.8, "probe_sample": 100}, "lp_ft_cut", 0,
                             "truncate_probe", ["small_similar"]),
     "small_similar_low_level_shift": ({"shift_ratio": 1.5}, "lp_ft", 1, "truncate_probe", ["small_similar"]),
     "small_similar": ({}, "truncate_probe", 1, "lp_ft_top", []),
