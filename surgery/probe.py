@@ -32,9 +32,9 @@ MAX_ITER = 2000
 #: and the accuracies averaged. At 10 images per class one assignment's accuracy per C moves by
 #: several points with the shuffle (bench: the C chosen on EfficientNet-Lite0's CIFAR-10 features
 #: went from 1e-4 to 1 with the fold seed, 0.655 vs 0.613 on the test images); the average over
-#: three is a steadier choice. Above it (60 images per class of 10 classes) the folds are large enough
-#: (the accuracy's standard error is under 2 points) and the fits too costly to repeat.
-REPEAT_MAX_IMAGES = 600
+#: three is a steadier choice. Above it (20 images per class of 10 classes) one assignment's accuracy
+#: has a standard error near 3 points or less, and the repeats would triple the cost of every fit.
+REPEAT_MAX_IMAGES = 200
 CV_REPEATS = 3
 #: Above this many images, C (and whether to keep the views) is cross-validated on a stratified sample
 #: of this many, then the final fit uses every image at the same L2 strength per image (C scaled by
