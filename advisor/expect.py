@@ -42,6 +42,7 @@ ACCURACY_VS_PROBE: dict[str, tuple[float, float, int]] = {
     "lp_ft_top": (-0.217, 0.067, 11),
     "lp_ft": (-0.217, 0.073, 11),
     "finetune_all": (-0.217, 0.073, 11),
+    "lp_ft_cut": (-0.117, 0.077, 11),
     "finetune_or_scratch": (-0.045, 0.072, 6),
 }
 #: Where each range comes from, as the decision panel says it.
