@@ -237,9 +237,9 @@ def recorded() -> set[tuple]:
 
 def _trial(plan_file: Path, run_dir: Path) -> dict:
     """The scratch trial alone: apply stopped after the first epoch; the trial from state.json."""
-    code = ("import sys, json; sys.path.insert(0, %r)\n"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
             "from graft.plan import load_plan\nfrom surgery import run\n"
-            "run(load_plan(%r), out_dir=%r, stop_after_epochs=1)\n") % (str(ROOT), str(plan_file), str(run_dir))
+            f"run(load_plan({str(plan_file)!r}), out_dir={str(run_dir)!r}, stop_after_epochs=1)\n")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
