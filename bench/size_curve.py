@@ -40,7 +40,8 @@ Arms:
   the trial's epochs each); the run stops after it (`stop_after_epochs`), and the row records which
   initialization the trial chose and its two validation accuracies.
 
-Each part appends one JSON row to bench/results/size_curve.jsonl; a part already recorded is skipped.
+Each part appends one JSON row to bench/results/size_curve.jsonl; a part already recorded is skipped
+(a row marked `invalid`, with the reason, does not count and is left out of the table).
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def recorded() -> set[tuple]:
     if not RESULTS.exists():
         return set()
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    return {(r["domain"], r["size"], r["arm"], r["epochs"]) for r in rows}
+    return {(r["domain"], r["size"], r["arm"], r["epochs"]) for r in rows if not r.get("invalid")}
 
 
 def _trial(plan_file: Path, run_dir: Path) -> dict:
@@ -292,8 +293,10 @@ def _f(v, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """One Markdown line per row, ordered by domain, size and arm."""
+    """One Markdown line per valid row, ordered by domain, size and arm (a row marked `invalid`, with
+    the reason, is kept in the file for the record and left out here)."""
     order = list(ARMS)
+    rows = [r for r in rows if not r.get("invalid")]
     out = ["| domain | images | arm | epochs | test acc | seconds | expected s | measured/expected | peak RSS MiB "
            "| rules chose | trial |",
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]

@@ -15,6 +15,7 @@ def test_table_orders_rows_and_shows_each_measure():
                  peak_rss_mib=2600.7),
             _row(1000, "scratch_trial", fallback={"chosen": "pretrained", "val_accuracy":
                                                   {"pretrained": 0.71, "random": 0.2}}),
+            _row(1000, "scratch", accuracy=0.1, invalid="all-zero weights"),
             _row(1000, "linear_probe", accuracy=0.66, seconds=83.5, expected_s=25.6, ratio=3.264,
                  peak_rss_mib=2529.2)]
     lines = size_curve.table(rows).splitlines()
