@@ -162,6 +162,7 @@ def replay(graph: LayerGraph, edits: Replay | None = None) -> keras.Model:
         source = originals[op_id]
         if not source.weights:
             continue
+        _restore_initializers(source, clone)
         if [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in clone.weights]:
             reshaped.append(clone.name)  # its input shape changed: the old weights cannot fit
             _initialize_like(source, clone)
@@ -207,6 +208,15 @@ def _clone_named(op, name: str, keep_initializers: bool):
         config = op.get_config()
         config["name"] = name
         return op.__class__.from_config(config)
+
+
+def _restore_initializers(source, clone) -> None:
+    """Give `clone` back `source`'s initializers: `_clone_named` built it with zeros ones (its weights
+    are overwritten), and a later reinitialization (`surgery.reinit`, training from scratch) draws
+    from the layer's config, which would otherwise say zeros for every weight."""
+    for key, value in source.get_config().items():
+        if key.endswith("_initializer") and value is not None and hasattr(clone, key):
+            setattr(clone, key, keras.initializers.get(value))
 
 
 def _initialize_like(source, clone) -> None:

@@ -206,6 +206,23 @@ def test_reinitialize_uses_the_layers_own_initializers():
     assert np.array_equal(again.get_layer("conv5_block3_3_conv").get_weights()[0], new.get_weights()[0])
 
 
+def test_reinitialize_an_edited_copy_draws_from_the_original_initializers():
+    # An edit builds its copies with zeros initializers (their weights are overwritten at once); the
+    # copies must carry the originals' initializers, or training the edited model from scratch
+    # starts from all-zero weights and learns nothing (issue 22's size curve: loss stayed ln 10).
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="dense")(x))
+    edited = truncate(model, "pool")
+    assert edited.get_layer("conv").get_config()["kernel_initializer"]["class_name"] == "GlorotUniform"
+    fresh = reinitialize(edited, seed=3)
+    assert np.std(fresh.get_layer("conv").get_weights()[0]) > 0.01
+    gamma, beta, mean, var = (np.asarray(w) for w in fresh.get_layer("bn").get_weights())
+    assert np.all(gamma == 1) and np.all(beta == 0) and np.all(mean == 0) and np.all(var == 1)
+
+
 def test_reinitialize_from_a_layer_on():
     model = classic_cnn()
     fresh = reinitialize(model, from_layer="pool2", seed=1)
