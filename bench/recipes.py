@@ -52,9 +52,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bench.provenance import commit  # noqa: E402
 
 SHARED = Path(os.environ.get("GRAFT_SHARED", ROOT.parent / "shared"))
 RESULTS = ROOT / "bench" / "results" / "recipes.jsonl"
@@ -333,26 +334,13 @@ def record_measurement(advice, seconds: float, network: str, task: str, n: int, 
     row = {"network": network, "task": task, "n": n, "seed": seed, "facts": facts,
            "rule_choice": advice.decision.strategy,
            "embedding": None if advice.embedding is None else advice.embedding.to_dict(),
-           "seconds": round(seconds, 2), "commit": _commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "seconds": round(seconds, 2), "commit": commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(row, default=str) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ commands
-
-
-def _commit() -> str:
-    import subprocess
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -377,7 +365,7 @@ def cmd_run(args) -> int:
         with results.open("a") as fh:
             for out in rows:
                 row = {"network": args.network, "task": args.task, "n": args.n, "seed": args.seed, "arm": arm,
-                       **out, "commit": _commit(), "host_cpus": os.cpu_count(),
+                       **out, "commit": commit(), "host_cpus": os.cpu_count(),
                        "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 fh.write(json.dumps(row, default=str) + "\n")
                 print(f"{args.network} {args.task} n={args.n} s={args.seed} {arm:9s} {out['strategy']:14s} "

@@ -61,6 +61,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.provenance import commit  # noqa: E402
 
 SHARED = Path(os.environ.get("GRAFT_SHARED", ROOT.parent / "shared"))
 RESULTS = ROOT / "bench" / "results" / "size_curve.jsonl"
@@ -221,14 +222,6 @@ def plan_path(size: int, arm: str, epochs: int) -> Path:
 # ------------------------------------------------------------------------------------------ runs
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def recorded() -> set[tuple]:
     if not RESULTS.exists():
         return set()
@@ -278,7 +271,7 @@ def run_part(size: int, arm: str, epochs: int) -> dict | None:
                     "guard": {k: v for k, v in (m.get("guard") or {}).items() if k != "reason"} or None,
                     "phases": [{k: p.get(k) for k in ("name", "epochs_run", "steps", "seconds", "bottleneck",
                                                         "solver")} for p in phases]})
-    row.update({"commit": _commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    row.update({"commit": commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as fh:
         fh.write(json.dumps(row, default=str) + "\n")

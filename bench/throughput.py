@@ -44,6 +44,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.provenance import commit  # noqa: E402
 
 SHARED = Path(os.environ.get("GRAFT_SHARED", ROOT.parent / "shared"))
 MODEL = SHARED / "models" / "efficientnet_lite0_imagenet.keras"
@@ -164,14 +165,6 @@ def arm(name: str, data: Path, work: Path, args) -> dict:
             "jit_compile": jit, "peak_rss_mib": _peak_mib()}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1000)
@@ -196,7 +189,7 @@ def main() -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     common = {"images": args.images, "size": args.size, "batch": args.batch, "epochs": args.epochs,
               "model": MODEL.name, "backend": keras.backend.backend(), "keras": keras.__version__,
-              "commit": _commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "time": stamp}
+              "commit": commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "time": stamp}
     rows = []
     for r in range(args.rounds):
         got = {}

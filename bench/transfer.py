@@ -38,10 +38,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.provenance import commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # The split protocol, the task folders and the row files are bench/recipes.py's (a superset of tasks).
-from bench.recipes import _commit, load_rows, split_dir, task_root  # noqa: E402,F401
+from bench.recipes import load_rows, split_dir, task_root  # noqa: E402,F401
 
 SHARED = Path(os.environ.get("GRAFT_SHARED", ROOT.parent / "shared"))
 MODEL = SHARED / "models" / "efficientnet_lite0_imagenet.keras"
@@ -189,7 +190,7 @@ def record_measurement(advice, seconds: float, task: str, n: int, seed: int, pat
     facts = {k: v for k, v in advice.facts.items() if isinstance(v, (int, float, str, bool, type(None)))}
     row = {"task": task, "n": n, "seed": seed, "facts": facts, "rule_choice": advice.decision.strategy,
            "embedding": None if advice.embedding is None else advice.embedding.to_dict(),
-           "seconds": round(seconds, 2), "commit": _commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "seconds": round(seconds, 2), "commit": commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -234,7 +235,7 @@ def cmd_run(args) -> int:
                 out = reference(strategy, split, args.seed, cut, classes)
                 out["cut"] = cut if strategy == "truncate_probe" else None
             row = {"task": args.task, "n": args.n, "seed": args.seed, "strategy": strategy, "arm": arm,
-                   **out, "commit": _commit(), "host_cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                   **out, "commit": commit(), "host_cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
             with results.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(f"{args.task} n={args.n} seed={args.seed} {strategy:20s} {arm:9s} "

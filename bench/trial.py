@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.transfer import MODEL, TASKS, _commit, split_dir  # noqa: E402
+from bench.provenance import commit  # noqa: E402
+from bench.transfer import MODEL, TASKS, split_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = ROOT / "bench" / "results" / "trial.jsonl"
@@ -40,7 +40,7 @@ def one(task: str, n: int, seed: int, budget: float, out: Path) -> dict:
     row = {"task": task, "n": n, "seed": seed, "budget": budget, "rules_choice": advice.decision.strategy,
            "runner_up": advice.decision.runner_up, "winner": trial.winner, "switched": trial.switched,
            "seconds": round(trial.seconds, 1), "advise_s": round(advise_s, 1), "trial": trial.to_dict(),
-           "commit": _commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "commit": commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
