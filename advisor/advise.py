@@ -243,7 +243,8 @@ def build_plan(decision: Decision, table: RuleTable, facts: dict, dataset: Datas
         held = round(dataset.images * holdout)
         reasons.append(
             f"A stratified {holdout:.0%} of the images ({held}) is held out to judge fine-tuning against the head "
-            "alone on images neither has seen (the guard keeps whichever scores higher there, and the accuracy "
+            "alone on images neither has seen (the guard keeps the head alone only when fine-tuning loses to it "
+            "there beyond noise, by a sign test on the images where they disagree, and the accuracy "
             "estimate comes from them); once it has chosen, the head is fitted again on every image "
             "(training.refit_head), so the held-out images are not lost to the final model.")
     fb = strategy.get("fallback")

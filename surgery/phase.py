@@ -141,14 +141,16 @@ def _fit_convex(plan, i, ph, model, prepared, xtr, ytr, val, cw, state, entry, r
         logits = xv.reshape(len(xv), -1) @ fit.kernel + fit.bias
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        logs.update(val_loss=float(-logp[np.arange(len(yv)), yv].mean()),
-                    val_accuracy=float((logp.argmax(axis=1) == yv).mean()))
+        val_correct = logp.argmax(axis=1) == yv
+        logs.update(val_loss=float(-logp[np.arange(len(yv)), yv].mean()), val_accuracy=float(val_correct.mean()))
     seconds = time.perf_counter() - t0
     state["history"].append({"phase": ph.name, "epoch": len(state["history"]) + 1, "phase_epoch": 1,
                              "seconds": round(seconds, 3), **logs})
     state["probe"] = {"phase": i, "C": fit.C, "cv_accuracy": fit.cv_accuracy, "cv_folds": fit.cv_folds,
                       "cv_repeats": fit.cv_repeats, "images": fit.images, "notes": fit.notes, "temperature": fit.temperature,
                       "views": fit.views, "views_offered": len(views)}
+    if val is not None:  # which held-out images the head alone gets right: the guard's paired comparison
+        state["probe"]["val_correct"] = "".join("1" if c else "0" for c in val_correct)
     entry["epochs_done"] = 1
     reporter.epoch(ph.name, 1, 1, logs, seconds)
 

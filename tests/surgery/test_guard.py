@@ -24,6 +24,30 @@ def test_held_out_images_decide_when_there_are_some():
     assert guard.judge(head, 0.80, on="val")["keep"] == "fine_tuned"  # a tie keeps fine-tuning
 
 
+def test_held_out_images_are_compared_image_by_image_and_noise_keeps_fine_tuning():
+    # 20 held-out images: the head alone right on 13, fine-tuning on 12 (one more image wrong)
+    head = {"val_accuracy": 0.65, "cv_accuracy": 0.6, "images": 80, "val_correct": "1" * 13 + "0" * 7}
+    tuned = np.array([True] * 12 + [False] * 8)
+    within = guard.judge(head, 0.60, on="val", tuned_correct=tuned)
+    assert within["keep"] == "fine_tuned" and within["paired"] == {"head_wins": 1, "tuned_wins": 0, "p": 0.5}
+    assert "within the noise" in within["reason"] and within["threshold"] is None
+    # a collapse: fine-tuning gets 2 of the head's 13 right -> 11 losses, p = 0.5 ** 11
+    collapsed = guard.judge(head, 0.10, on="val", tuned_correct=np.array([True] * 2 + [False] * 18))
+    assert collapsed["keep"] == "head_only" and collapsed["paired"]["p"] == pytest.approx(0.5**11, abs=1e-4)
+    # fine-tuning better: never a fall-back, p = 1
+    better = guard.judge(head, 0.9, on="val", tuned_correct=np.array([True] * 18 + [False] * 2))
+    assert better["keep"] == "fine_tuned" and better["paired"]["p"] == 1.0
+
+
+def test_the_sign_test_counts_only_disagreements():
+    head = [True, True, True, True, False, False, True, True]
+    tuned = [False, False, False, False, False, True, True, True]
+    # 4 images only the head gets right, 1 only fine-tuning: P(X >= 4 | n=5) = 6/32
+    assert guard.paired_test(head, tuned) == {"head_wins": 4, "tuned_wins": 1, "p": 0.1875}
+    # 4 to 0 is p = 1/16 < ALPHA: the smallest clean loss that falls back
+    assert guard.paired_test([True] * 4, [False] * 4)["p"] == 0.0625 <= guard.ALPHA
+
+
 def test_without_held_out_images_only_a_collapse_falls_back():
     head = {"val_accuracy": None, "cv_accuracy": 0.80, "images": 100}
     # two standard errors of 0.80 on 100 images: 0.08
