@@ -108,8 +108,10 @@ def feature_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int, phase: 
         spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32), tf.TensorSpec((None,), tf.as_dtype(y.dtype)))
         return tf.data.Dataset.from_generator(rows, output_signature=spec).prefetch(2)
     features, labels = tf.constant(x), tf.constant(y)
-    ds = tf.data.Dataset.from_tensor_slices(orders).flat_map(lambda o: tf.data.Dataset.from_tensor_slices(o).batch(batch))
-    return ds.map(lambda idx: (tf.gather(features, idx), tf.gather(labels, idx))).prefetch(tf.data.AUTOTUNE)
+    plain = tf.autograph.experimental.do_not_convert  # graph ops as written (surgery.pipeline._plain says why)
+    ds = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+        plain(lambda o: tf.data.Dataset.from_tensor_slices(o).batch(batch)))
+    return ds.map(plain(lambda idx: (tf.gather(features, idx), tf.gather(labels, idx)))).prefetch(tf.data.AUTOTUNE)
 
 
 def validation_batches(val: tuple | None, batch: int):

@@ -360,6 +360,15 @@ def _declared_pixels(raw):
     )
 
 
+def _plain(tf, fn):
+    """`fn` marked for `tf.data` to trace as written, without AutoGraph: the decode and augment
+    functions are graph ops already (`tf.cond`, `tf.case`; no Python branching on tensors). AutoGraph
+    would re-parse the source file of every `lambda` handed to `Dataset.map` with `gast`, which took
+    82 s of a 95 s run in a process holding a trained model (tests/surgery/test_apply.py, the
+    mirrored run's guard check), against well under a second here."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _decode_fn(spec: DataSpec):
     """The per-file graph function: path -> float32 image of spec.input_size x spec.channels."""
     tf = _tf()
@@ -481,7 +490,7 @@ def make_dataset(
 
     if training and not spec.cache:
         ds = shuffle(ds)  # shuffling paths is cheap; images are decoded afterwards
-    ds = ds.map(lambda f, y: (decode(f), y), num_parallel_calls=autotune)
+    ds = ds.map(_plain(tf, lambda f, y: (decode(f), y)), num_parallel_calls=autotune)
     ds = ds.ignore_errors(log_warning=False)  # before batching, so only the bad image is lost
     if spec.cache:
         ds = ds.cache()
@@ -493,7 +502,7 @@ def make_dataset(
         if augment is not None:
             # One call at a time: the random layers draw from a seeded stream in batch order, so a
             # seed gives the same augmented epochs every run (parallel calls would race for it).
-            ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=None)
+            ds = ds.map(_plain(tf, lambda x, y: (augment(x), y)), num_parallel_calls=None)
     return ds.prefetch(autotune)
 
 
@@ -525,7 +534,7 @@ def indexed_image_batches(
             _path_tensor(files),
         )
     )
-    ds = ds.map(lambda i, f: (i, decode(f)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_plain(tf, lambda i, f: (i, decode(f))), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors(log_warning=False)
     ds = ds.batch(int(batch_size or spec.batch_size)).prefetch(tf.data.AUTOTUNE)
     return ((i.numpy(), x.numpy()) for i, x in ds)

@@ -302,9 +302,22 @@ def test_multi_worker_is_refused_with_the_reason(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def few_images(tmp_path: Path, per_class: int) -> Path:
+    """The first `per_class` images of each class of DATA, copied: for tests whose subject is not the
+    amount of training (float16 compute on a CPU is emulated and many times slower than float32)."""
+    import shutil
+
+    for cls in sorted(p for p in DATA.iterdir() if p.is_dir()):
+        (tmp_path / "few" / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            shutil.copy(f, tmp_path / "few" / cls.name / f.name)
+    return tmp_path / "few"
+
+
 @pytest.mark.backends
 def test_mixed_precision_on_computes_in_float16_and_saves_float32_outputs(tmp_path):
     plan = make_plan(tmp_path / "run", [Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3)])
+    plan.data.path = str(few_images(tmp_path, 10))
     plan.training.mixed_precision = "on"
     result = run(plan)
     model = keras.models.load_model(result.model_path, safe_mode=True)
@@ -312,6 +325,11 @@ def test_mixed_precision_on_computes_in_float16_and_saves_float32_outputs(tmp_pa
     assert policies["block1_conv1"] == "mixed_float16" and policies["head_predictions"] == "float32"
     assert model.predict(np.zeros((1, 32, 32, 3)), verbose=0).dtype == np.float32
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing global left behind
+    # Under TensorFlow, a float16 model loaded and called in this process leaves graph state behind
+    # that makes the next model's first training step take ~80 s to build (seen in this suite);
+    # clearing the session drops it.
+    del model
+    keras.backend.clear_session()
 
 
 def test_same_plan_and_seed_repeat_exactly(tmp_path):
