@@ -316,6 +316,7 @@ def few_images(tmp_path: Path, per_class: int) -> Path:
 
 @pytest.mark.backends
 def test_mixed_precision_on_computes_in_float16_and_saves_float32_outputs(tmp_path):
+    keras.backend.clear_session()  # float16 graphs build on a clean slate (22 s here, 68 s after 400 tests)
     plan = make_plan(tmp_path / "run", [Phase(name="finetune", trainable="all", epochs=1, learning_rate=1e-3)])
     plan.data.path = str(few_images(tmp_path, 10))
     plan.training.mixed_precision = "on"
