@@ -118,10 +118,13 @@ def task_root(task: str) -> Path:
 
 
 def split_dir(task: str, n: int, seed: int) -> Path:
-    """WORK/splits/TASK-nN-sSEED/{train,test}/CLASS/FILE (hard links), made once."""
-    out = WORK / "splits" / f"{task}-n{n}-s{seed}"
-    if (out / ".done").exists():
-        return out
+    """WORK/splits/TASK-nN-sSEED/{train,test}/CLASS/FILE (hard links), made once: built in a folder of
+    this process's own and renamed into place, so two bench processes (one per core) that need the
+    same split at once cannot collide."""
+    final = WORK / "splits" / f"{task}-n{n}-s{seed}"
+    if (final / ".done").exists():
+        return final
+    out = final.with_name(f"{final.name}.tmp{os.getpid()}")
     shutil.rmtree(out, ignore_errors=True)
     root = task_root(task)
     for cls in sorted(d.name for d in root.iterdir() if d.is_dir()):
@@ -136,7 +139,15 @@ def split_dir(task: str, n: int, seed: int) -> Path:
                 except OSError:
                     shutil.copy2(root / cls / name, out / part / cls / name)
     (out / ".done").write_text("")
-    return out
+    try:
+        os.rename(out, final)  # atomic; fails when another process got there first, or a stale folder is there
+    except OSError:
+        if not (final / ".done").exists():
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(out, final)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+    return final
 
 
 def load_split(split: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
