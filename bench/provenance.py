@@ -13,13 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
-    """`git rev-parse --short HEAD` of the checkout, `+dirty` when tracked files are modified; `unknown`
-    outside a git checkout."""
+    """`git rev-parse --short HEAD` of the checkout, `+dirty` when tracked files other than
+    bench/results/ are modified; `unknown` outside a git checkout."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        # the result files the benches append to are data, not code: they do not make a row dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")
